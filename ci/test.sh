@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# The project's one test command: pytest, then every notebook under papermill with small
+# parameters, then the numbers each notebook recorded against ci/expected/.
+# Executed notebooks and records go to $ARTIFACTS (default artifacts/).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export ARTIFACTS="${ARTIFACTS:-artifacts}"
+export FLARE_NB_RECORD_DIR="$ARTIFACTS/records"
+export MPLBACKEND=Agg
+export OMP_NUM_THREADS="${OMP_NUM_THREADS:-2}"
+mkdir -p "$ARTIFACTS"
+rm -rf "$FLARE_NB_RECORD_DIR"
+
+echo "== pytest =="
+python -m pytest -q "$@"
+
+echo "== notebooks (papermill, quick parameters) =="
+python ci/run_notebooks.py --out "$ARTIFACTS/notebooks"
+
+echo "== recorded numbers =="
+python ci/check_records.py --records "$FLARE_NB_RECORD_DIR" --expected ci/expected
