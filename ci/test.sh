@@ -4,7 +4,7 @@
 # Executed notebooks and records go to $ARTIFACTS (default artifacts/).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-export ARTIFACTS="${ARTIFACTS:-artifacts}"
+export ARTIFACTS="$(realpath -m "${ARTIFACTS:-artifacts}")"
 export FLARE_NB_RECORD_DIR="$ARTIFACTS/records"
 export MPLBACKEND=Agg
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-2}"

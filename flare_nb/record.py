@@ -13,7 +13,9 @@ from pathlib import Path
 
 
 def record_dir() -> Path:
-    return Path(os.environ.get("FLARE_NB_RECORD_DIR", "artifacts/records"))
+    """``$FLARE_NB_RECORD_DIR``, else ``artifacts/records`` at the repository root."""
+    env = os.environ.get("FLARE_NB_RECORD_DIR")
+    return Path(env) if env else Path(__file__).resolve().parents[1] / "artifacts" / "records"
 
 
 class Recorder:
