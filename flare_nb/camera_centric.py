@@ -72,7 +72,8 @@ class CameraCentricMixin:
         self.pose_token_ref_fine = nn.Parameter(torch.zeros(1, 1, D))
         self.pose_token_source_fine = nn.Parameter(torch.zeros(1, 1, D))
         self.pose_head_stage2 = make_pose_head(cfg)
-        self.downstream_head1 = make_dpt_head(cfg)
+        # the NVS release never calls head 1: not built there (``head`` is then None)
+        self.downstream_head1 = make_dpt_head(cfg) if cfg.kind != "nvs" else None
 
     def camera_centric(self, enc: dict, B: int, V: int, hw, pose_enc: torch.Tensor, teacher=None,
                        local_features: bool = False) -> dict:
@@ -82,7 +83,7 @@ class CameraCentricMixin:
         the last stage-1 encoding (detached here). Returns ``camera_embed_in (B, V, 7)``,
         ``layers`` (list of ``dec_depth`` tensors (B, V, N, D), the last after
         ``dec_norm_fine``), ``cam_tokens (B, V, D)``, ``pose_enc (iters, B, V, 9)`` and
-        ``head`` (``downstream_head1`` outputs with a (B, V) leading shape).
+        ``head`` (``downstream_head1`` outputs with a (B, V) leading shape; None in the NVS model).
         """
         cfg = self.cfg
         tokens, pos, states = enc["tokens"], enc["pos"], enc["states"]
@@ -108,5 +109,6 @@ class CameraCentricMixin:
         layers[-1] = self.dec_norm_fine(layers[-1])
         cam = self.dec_cam_norm_fine(cam)
         pose = self.pose_head_stage2(cam, teacher)
-        head = run_dpt(self.downstream_head1, tokens, layers, cfg.dpt_hooks, hw, B, V, local_features)
+        head = None if self.downstream_head1 is None else run_dpt(
+            self.downstream_head1, tokens, layers, cfg.dpt_hooks, hw, B, V, local_features)
         return {"camera_embed_in": cam_in, "layers": layers, "cam_tokens": cam, "pose_enc": pose, "head": head}

@@ -12,7 +12,11 @@ Tensors may be float32 or bfloat16; they are cast to the model's dtype on copy.
 ``load_flare_checkpoint`` refuses silently wrong loads: before touching the model it checks
 the model kind (geometry vs NVS), every shape, missing and unexpected keys, and raises a
 ``CheckpointError`` listing everything that is wrong. Keys of modules ``FlareModel`` does not
-build (never used at inference, ``model.OMITTED_KEYS_PREFIXES``) are skipped and reported.
+build (never used at inference, ``model.omitted_key_prefixes(kind)``: for the geometry model
+the NVS-only parts, for the NVS model ``downstream_head1``) are skipped and reported.
+The kind of a checkpoint is ``"nvs"`` when it holds any NVS-only key (``NVS_ONLY_KEYS``:
+``patch_embed_fine``, ``decoder_embed_stage2``, ``decoder_embed_fxfycxcy``), else ``"geometry"``;
+it must equal the model's ``cfg.kind``.
 Alias pairs (``...layer{k}_rn.weight`` / ``...layer_rn.{k-1}.weight``) may appear once or twice.
 """
 from __future__ import annotations
@@ -23,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from .model import OMITTED_KEYS_PREFIXES
+from .model import omitted_key_prefixes
 from .reference import ALIASES
 
 __all__ = ["CheckpointError", "LoadReport", "read_state_dict", "detect_kind", "check_state_dict",
@@ -103,14 +107,14 @@ def check_state_dict(model_shapes: dict, ckpt_shapes: dict, model_kind: str = "g
     unexpected keys are problems; otherwise they are only returned.
     """
     problems = []
+    omitted = omitted_key_prefixes(model_kind)
     kind = detect_kind(ckpt_shapes)
     if kind != model_kind:
         marks = sorted(k for k in ckpt_shapes if k.startswith(NVS_ONLY_KEYS))[:3]
         problems.append(f"wrong model kind: this is a {kind} checkpoint (it has {', '.join(marks)}), "
                         f"the model is a {model_kind} model")
-    skipped = sorted(k for k in ckpt_shapes if k not in model_shapes and k.startswith(OMITTED_KEYS_PREFIXES))
-    unexpected = sorted(k for k in ckpt_shapes
-                        if k not in model_shapes and not k.startswith(OMITTED_KEYS_PREFIXES))
+    skipped = sorted(k for k in ckpt_shapes if k not in model_shapes and k.startswith(omitted))
+    unexpected = sorted(k for k in ckpt_shapes if k not in model_shapes and not k.startswith(omitted))
     missing = sorted(k for k in model_shapes
                      if k not in ckpt_shapes and _PARTNER.get(k) not in ckpt_shapes)
     bad_shapes = [f"{k}: checkpoint {tuple(ckpt_shapes[k])} vs model {tuple(model_shapes[k])}"

@@ -5,10 +5,12 @@ layers, injections after decoder layers 2/5/8, DPT taps 0/6/9/12, 42 harmonic
 frequencies, ...). Here each one is a field, so that the same classes build
 
 * ``official_geometry()``: the released ``geometry_pose.pth`` network (1.40 G parameters),
-* ``official_nvs()``: the released ``NVS.pth`` geometry trunk (placeholders, see its doc),
+* ``official_nvs()``: the released ``NVS.pth`` network (geometry trunk + shallow CNN, second
+  image encoder, intrinsics embedding and Gaussian head; 1.33 G parameters built),
 * ``tiny()``: a 2.8 M-parameter model with the same structure that runs
   4 views of 128x128 in well under a second on a laptop CPU (used by the tests and the
-  training notebooks).
+  training notebooks),
+* ``tiny_nvs()``: ``tiny()`` plus small NVS parts (Gaussian head of SH degree 1).
 
 Index conventions (0-based, as in the code):
 
@@ -22,7 +24,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, replace
 
-__all__ = ["FlareConfig", "official_geometry", "official_nvs", "tiny"]
+__all__ = ["FlareConfig", "official_geometry", "official_nvs", "tiny", "tiny_nvs"]
 
 
 @dataclass(frozen=True)
@@ -31,7 +33,9 @@ class FlareConfig:
 
     Fields (released value in brackets):
 
-    * ``kind``: ``"geometry"`` or ``"nvs"``; decides checkpoint compatibility ["geometry"].
+    * ``kind``: ``"geometry"`` or ``"nvs"`` ["geometry"]. ``"nvs"`` builds the NVS model
+      (``FlareModel`` then also needs the intrinsics and returns Gaussians) and decides
+      checkpoint compatibility.
     * image tokens: ``patch_size`` [16] pixels per token side; ``coarse_stride`` [4] tokens
       per coarse-token side (coarse grid = 1/64 of the image, so H and W must be multiples
       of ``patch_size * coarse_stride`` = 64).
@@ -50,6 +54,13 @@ class FlareConfig:
     * DPT heads: ``dpt_hooks`` [(0, 6, 9, 12)], ``dpt_layer_dims`` [(96, 192, 384, 768)],
       ``dpt_feature_dim`` [256], ``dpt_last_dim`` [128], ``desc_dim`` [24],
       ``desc_mlp_ratio`` [4].
+    * NVS only (``kind="nvs"``; ignored otherwise, released NVS value in brackets):
+      shallow CNN ``cnn_widths`` [(8, 16, 32)], ``cnn_fpn_dim`` [32], ``cnn_fusion_dim`` [64]
+      (input channels of ``patch_embed_fine``; the RoPE-of-ones term uses groups of
+      ``min(cnn_fusion_dim, 64)`` channels), ``cnn_detail_dim`` [16]; second image encoder of
+      ``nvs_enc_depth`` [4] encoder blocks (width ``enc_dim``); Gaussian head ``gs_hidden``
+      [20], ``sh_degree`` [4]; intrinsics embedding input ``[fx, fy, cx, cy] /
+      intrinsics_scale`` [2000] (pixels). The NVS release injects encoder states (0, 1, 2).
     """
 
     kind: str = "geometry"
@@ -83,11 +94,23 @@ class FlareConfig:
     dpt_last_dim: int = 128
     desc_dim: int = 24
     desc_mlp_ratio: float = 4.0
+    nvs_enc_depth: int = 4
+    cnn_widths: tuple = (8, 16, 32)
+    cnn_fpn_dim: int = 32
+    cnn_fusion_dim: int = 64
+    cnn_detail_dim: int = 16
+    gs_hidden: int = 20
+    sh_degree: int = 4
+    intrinsics_scale: float = 2000.0
     notes: str = field(default="", compare=False)
 
     def __post_init__(self):
         if self.kind not in ("geometry", "nvs"):
             raise ValueError(f"FlareConfig.kind must be 'geometry' or 'nvs', got {self.kind!r}")
+        for name in ("inject_layers", "inject_enc_states", "dpt_hooks", "dpt_layer_dims", "cnn_widths"):
+            if isinstance(getattr(self, name), list):  # e.g. from JSON / YAML
+                object.__setattr__(self, name, tuple(getattr(self, name)))
+        self._check_nvs_fields()
         for name in ("patch_size", "coarse_stride", "enc_dim", "enc_depth", "enc_heads", "dec_dim",
                      "dec_depth", "dec_heads", "pose_dim", "pose_iters", "pose_trunk_depth",
                      "pose_heads", "pose_harmonics"):
@@ -115,6 +138,21 @@ class FlareConfig:
             raise ValueError(f"FlareConfig.dpt_hooks must end with the last layer {self.dec_depth} "
                              f"(the one after the final norm), got {self.dpt_hooks}")
 
+    def _check_nvs_fields(self):
+        for name in ("nvs_enc_depth", "cnn_fpn_dim", "cnn_fusion_dim", "cnn_detail_dim", "gs_hidden"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or v < 1:
+                raise ValueError(f"FlareConfig.{name} must be a positive int, got {v!r}")
+        if len(self.cnn_widths) != 3 or any(not isinstance(w, int) or w < 1 for w in self.cnn_widths):
+            raise ValueError(f"FlareConfig.cnn_widths must be three positive ints, got {self.cnn_widths!r}")
+        if self.cnn_fusion_dim % min(self.cnn_fusion_dim, 64) or min(self.cnn_fusion_dim, 64) % 4:
+            raise ValueError(f"FlareConfig.cnn_fusion_dim must be a multiple of 4 (<= 64) or of 64 (groups of "
+                             f"the RoPE-of-ones term), got {self.cnn_fusion_dim}")
+        if not isinstance(self.sh_degree, int) or not 0 <= self.sh_degree <= 4:
+            raise ValueError(f"FlareConfig.sh_degree must be an int in 0..4, got {self.sh_degree!r}")
+        if not self.intrinsics_scale > 0:
+            raise ValueError(f"FlareConfig.intrinsics_scale must be positive, got {self.intrinsics_scale!r}")
+
     # ------------------------------------------------------------------ derived sizes
     @property
     def multiple(self) -> int:
@@ -139,17 +177,20 @@ def official_geometry() -> FlareConfig:
 
 
 def official_nvs() -> FlareConfig:
-    """The released ``NVS.pth`` geometry trunk -- PLACEHOLDER for the NVS-only parts.
+    """The released ``NVS.pth`` network (2111 state-dict keys; 1.33 G parameters built).
 
-    The shared sizes are the released ones. Not modelled yet (so a ``FlareModel`` built from
-    this config does *not* run the NVS network): the shallow CNN / second encoder
-    (``cnn_wobn``, ``patch_embed_fine``, ``enc_blocks_stage2``), ``decoder_embed_stage2``,
-    ``decoder_embed_fxfycxcy``, the baseline translation normalisation ``|T0 - T1|`` and the
-    Gaussian head. ``inject_enc_states`` = (0, 1, 2): in the NVS model the injected states are
-    the patch-embedding output and the outputs of blocks 0 and 1 (of the second encoder).
+    Same trunk sizes as ``official_geometry()``; in addition the shallow CNN
+    (``cnn_wobn``/``cnn_fusion``/``cnn_proj``), the second image encoder
+    (``patch_embed_fine``, 4 ``enc_blocks_stage2``, ``enc_norm_stage2``) whose tokens enter
+    stage 3 through ``decoder_embed_stage2``, the intrinsics embedding
+    ``decoder_embed_fxfycxcy`` (stage-3 camera tokens) and the Gaussian head
+    ``downstream_head4`` (SH degree 4). ``inject_enc_states`` = (0, 1, 2): the NVS release
+    injects the states entering blocks 0, 1, 2 of the (main) image encoder, i.e. the
+    patch-embedding output and the outputs of blocks 0 and 1. Stage 3 normalises the
+    translations by the baseline ``|T_0 - T_1|``; ``downstream_head1`` is not built (never
+    called by the release).
     """
-    return FlareConfig(kind="nvs", inject_enc_states=(0, 1, 2),
-                       notes="released NVS.pth (NVS-only modules not modelled yet)")
+    return FlareConfig(kind="nvs", inject_enc_states=(0, 1, 2), notes="released NVS.pth")
 
 
 def tiny() -> FlareConfig:
@@ -165,3 +206,13 @@ def tiny() -> FlareConfig:
         inject_layers=(0, 1, 2), inject_enc_states=(1, 2, 3),
         dpt_hooks=(0, 2, 3, 4), dpt_layer_dims=(16, 32, 32, 64), dpt_feature_dim=32, dpt_last_dim=16,
         desc_dim=8, desc_mlp_ratio=1.0, notes="tiny (tests, CPU training)")
+
+
+def tiny_nvs() -> FlareConfig:
+    """``tiny()`` with the NVS parts at small sizes: shallow CNN widths (4, 8, 8) -> 16-channel
+    fused map and 8-channel detail map, a 1-block second encoder, Gaussian head of width 8 and
+    SH degree 1; injections of encoder states (0, 1, 2) as in the NVS release. 4 views of
+    128x128 run in a fraction of a second on a CPU (used by the tests and notebook 05)."""
+    return tiny().replace(
+        kind="nvs", inject_enc_states=(0, 1, 2), nvs_enc_depth=1, cnn_widths=(4, 8, 8), cnn_fpn_dim=8,
+        cnn_fusion_dim=16, cnn_detail_dim=8, gs_hidden=8, sh_degree=1, notes="tiny NVS (tests, CPU training)")

@@ -51,16 +51,27 @@ class GlobalProjectorMixin:
         self.downstream_head2 = make_dpt_head(cfg)
 
     def global_projection(self, enc: dict, B: int, V: int, hw, stage2_layers, pose_enc: torch.Tensor,
-                          local_features: bool = False) -> dict:
+                          local_features: bool = False, camera_embed_in: torch.Tensor | None = None,
+                          token_extra: torch.Tensor | None = None,
+                          camera_extra: torch.Tensor | None = None) -> dict:
         """Stage 3. ``stage2_layers``: stage 2's ``layers``; ``pose_enc (B, V, 9)`` the last
         stage-2 encoding (detached here). Returns ``camera_embed_in (B, V, 7)``, ``layers``
-        (the last after ``dec_norm_point``) and ``head`` (``downstream_head2`` outputs)."""
+        (the last after ``dec_norm_point``) and ``head`` (``downstream_head2`` outputs).
+
+        NVS model only (``flare_nb.nvs``): ``camera_embed_in (B, V, 7)`` replaces
+        ``camera_embed_input(pose_enc)``; ``token_extra (B*V, N, dec_dim)`` is added to the
+        fresh tokens, ``camera_extra (B, V, dec_dim)`` to the pose embedding."""
         cfg = self.cfg
         tokens, pos, states = enc["tokens"], enc["pos"], enc["states"]
         N = tokens.shape[1]
-        cam_in = camera_embed_input(pose_enc)
+        cam_in = camera_embed_input(pose_enc) if camera_embed_in is None else camera_embed_in
         e = self.embed_pose(cam_in.to(tokens.dtype))
-        f = self.decoder_embed_point(tokens).reshape(B, V, N, -1)
+        if camera_extra is not None:
+            e = e + camera_extra
+        f = self.decoder_embed_point(tokens)
+        if token_extra is not None:
+            f = f + token_extra
+        f = f.reshape(B, V, N, -1)
         D = f.shape[-1]
         pos_all = pos.repeat(V, 1)
         cam = torch.cat((self.pose_token_ref_point.expand(B, 1, D),

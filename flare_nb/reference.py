@@ -114,15 +114,18 @@ def fill_hash(state_dict: dict, manifest: dict | None = None, gain: float = 1.0,
     bytes of the first ``n_first`` flattened values, for every name.
 
     ``manifest``: ``{name: shape}`` of the released model; names missing from ``state_dict``
-    (modules our model omits) are generated with ``fill_value``. Compare with ``FILL_SHA256``.
+    (modules our model omits) are generated with ``fill_value`` (alias-aware: the NVS model
+    omits head 1, whose ``layer_rn.{k-1}`` alias names hold the ``layer{k}_rn`` values).
+    Compare with ``FILL_SHA256``.
     """
     names = set(state_dict) | set(manifest or {})
     h = hashlib.sha256()
     for name in sorted(names):
         if name in state_dict:
             t = state_dict[name]
-        else:
-            t = fill_value(name, manifest[name], gain)
+        else:  # generated; an alias of a released tensor is seeded by the first name of its pair
+            seed = min([name] + [x for pair in ALIASES if name in pair for x in pair])
+            t = fill_value(seed, manifest[name], gain)
         head = t.detach().reshape(-1)[:n_first].to("cpu", torch.float32).contiguous()
         h.update(name.encode())
         h.update(head.numpy().astype("<f4").tobytes())

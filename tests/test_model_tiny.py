@@ -178,8 +178,11 @@ def test_config_validation():
         tiny().replace(inject_layers=(0, 1, 9))
     with pytest.raises(ValueError, match="dpt_hooks"):
         tiny().replace(dpt_hooks=(0, 1, 2, 3))
-    with pytest.raises(NotImplementedError, match="NVS"):
-        FlareModel(official_nvs())
+    with pytest.raises(ValueError, match="sh_degree"):
+        official_nvs().replace(sh_degree=5)
+    with pytest.raises(ValueError, match="cnn_widths"):
+        official_nvs().replace(cnn_widths=(8, 16))
+    assert official_nvs().kind == "nvs" and official_nvs().inject_enc_states == (0, 1, 2)
     assert official_geometry().pose_embed_width == 765
     assert FlareConfig().to_dict()["enc_depth"] == 24
 
