@@ -1,0 +1,244 @@
+"""The trainer (flare_nb.train): learning, exact resume, DDP equivalence, bad input, checkpoints.
+
+Everything runs the tiny model on 64x64 synthetic scenes with 2 views for a few steps.
+"""
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from flare_nb.train import (CHECKPOINT_NAME, NonFiniteLossError, build_model, frozen_prefixes, launch_ddp,
+                            load_checkpoint, load_trained_model, lr_factor, main, perturb_pose_encoding, read_log,
+                            save_checkpoint, select_trainable, train)
+from flare_nb.train_config import TrainConfig, config_diff, load_config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+def small_cfg(out_dir, **kw) -> TrainConfig:
+    base = {"steps": 6, "batch_size": 2, "data.n_views": 2, "data.size": [64, 64], "data.train_seeds": [0, 2],
+            "data.val_seeds": [], "optim.lr": 1e-3, "optim.warmup_steps": 2, "run.out_dir": str(out_dir),
+            "run.progress": False, "run.val_every": 0, "run.log_every": 1, "run.ckpt_every": 100,
+            "run.threads": 1}
+    base.update(kw)
+    return TrainConfig().replace(**base).validate()
+
+
+def weights(model):
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny tensors: one thread is as fast, and far faster on a machine shared with other jobs."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def scenes():
+    from flare_nb.synthetic import make_scene
+
+    return [make_scene(s, 2, 64, "orbit") for s in (0, 1)]
+
+
+# ---------------------------------------------------------------------------- config and pieces
+def test_shipped_config_loads_and_bad_configs_are_named(tmp_path):
+    cfg = load_config(ROOT / "configs" / "tiny_synthetic.yaml")
+    assert cfg.model == "tiny" and cfg.data.n_views >= 2 and tuple(cfg.optim.betas) == (0.9, 0.95)
+    assert cfg.pose_noise.prob == 0.6 and cfg.pose_noise.stage2_deg == 7.5 and cfg.pose_noise.stage3_deg == 5.0
+    over = load_config(ROOT / "configs" / "tiny_synthetic.yaml", ["optim.lr=2e-3", "run.out_dir=x"])
+    assert over.optim.lr == 2e-3 and over.run.out_dir == "x"
+    assert config_diff(cfg.to_dict(), over.to_dict()) == ["optim.lr: 0.0005 -> 0.002"]   # run.* ignored
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("optim:\n  lrr: 0.1\n")
+    with pytest.raises(ValueError, match="lrr"):
+        load_config(bad)
+    bad.write_text("data:\n  n_views: 1\n")
+    with pytest.raises(ValueError, match="data.n_views.*at least 2"):
+        load_config(bad)
+    bad.write_text("data:\n  size: [100, 64]\n")
+    with pytest.raises(ValueError, match="data.size.*multiples of 64"):
+        load_config(bad)
+    with pytest.raises(FileNotFoundError, match="nope.yaml"):
+        load_config(tmp_path / "nope.yaml")
+
+
+def test_lr_warmup_then_cosine():
+    f = [lr_factor(s, 100, 10, 0.01) for s in range(101)]
+    assert f[0] == pytest.approx(0.1) and f[9] == pytest.approx(1.0) and f[10] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(f[10:], f[11:]))                 # non-increasing after warm-up
+    assert f[55] == pytest.approx(0.01 + 0.99 * 0.5, rel=1e-6)          # half-way down the cosine
+    assert f[100] == pytest.approx(0.01)
+
+
+def test_perturb_pose_encoding_bounds_norm_and_determinism():
+    from flare_nb.cameras import quat_to_matrix
+
+    g = torch.Generator().manual_seed(0)
+    enc = torch.randn(3, 5, 9, generator=g)
+    enc[:, 0, :3] = 0
+    out = perturb_pose_encoding(enc, prob=1.0, max_rot_deg=7.5, trans_std=0.05, generator=torch.Generator().manual_seed(1))
+    assert out.shape == enc.shape and torch.equal(out[:, 0], enc[:, 0]) and torch.equal(out[..., 7:], enc[..., 7:])
+    assert torch.allclose(out[..., 3:7].norm(dim=-1), enc[..., 3:7].norm(dim=-1), rtol=1e-5)
+    dR = quat_to_matrix(out[..., 3:7]) @ quat_to_matrix(enc[..., 3:7]).transpose(-1, -2)
+    ang = torch.rad2deg(torch.arccos(((dR.diagonal(dim1=-2, dim2=-1).sum(-1) - 1) / 2).clamp(-1, 1)))
+    assert ang[:, 1:].max() <= 7.5 + 1e-3 and ang[:, 1:].max() > 0.5
+    assert (out[:, 1:, :3] - enc[:, 1:, :3]).abs().max() > 0
+    again = perturb_pose_encoding(enc, 1.0, 7.5, 0.05, torch.Generator().manual_seed(1))
+    assert torch.equal(out, again)
+    assert torch.equal(perturb_pose_encoding(enc, 0.0, 7.5, 0.05), enc)
+    zero = torch.zeros(1, 3, 9)                 # untrained head: zero quaternion stays finite
+    assert torch.isfinite(perturb_pose_encoding(zero, 1.0, 5.0, 0.05)).all()
+
+
+def test_freezing_encoder_and_stage2(tmp_path):
+    cfg = small_cfg(tmp_path, freeze_encoder=True)
+    model = build_model(cfg)
+    trained, skipped = select_trainable(model, cfg, torch.device("cpu"))
+    assert not any(n.split(".")[0] in ("patch_embed", "enc_blocks", "enc_norm") for n in trained)
+    assert any(n.startswith("enc_blocks.") for n in skipped)
+    assert any(n.startswith("pose_head.") for n in trained)
+    # parameters no loss reaches (the DPT local-feature MLPs) are not trained
+    assert any("head_local_features" in n for n in skipped)
+    assert "pose_head" in frozen_prefixes(small_cfg(tmp_path, stage=2))
+    with pytest.raises(NotImplementedError, match="Gaussian head"):
+        train(small_cfg(tmp_path, stage=2))
+
+
+# ---------------------------------------------------------------------------- training runs
+def test_loss_goes_down_on_fixed_scenes(tmp_path):
+    cfg = small_cfg(tmp_path / "run", steps=24, batch_size=1, **{"optim.warmup_steps": 3, "optim.lr": 2e-3})
+    res = train(cfg)
+    losses = [r["loss"] for r in res.history if r["kind"] == "train"]
+    assert len(losses) == 24 and all(math.isfinite(v) for v in losses)
+    first, last = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
+    assert last < 0.8 * first, (first, last)
+    for name in (CHECKPOINT_NAME, "log.jsonl", "loss_curves.png", "config.yaml"):
+        assert (tmp_path / "run" / name).stat().st_size > 0
+    assert load_checkpoint(tmp_path / "run" / CHECKPOINT_NAME)["step"] == 24
+    back = load_trained_model(tmp_path / "run" / CHECKPOINT_NAME)
+    assert not back.training and all(torch.equal(v, res.model.state_dict()[k]) for k, v in back.state_dict().items())
+
+
+def test_interrupted_run_resumes_bit_identically(tmp_path):
+    full = train(small_cfg(tmp_path / "full", batch_size=1))
+    cfg = small_cfg(tmp_path / "cut", batch_size=1)
+
+    def interrupt(rec):
+        if rec["kind"] == "train" and rec["step"] == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, callback=interrupt)
+    assert load_checkpoint(tmp_path / "cut" / CHECKPOINT_NAME)["step"] == 3
+    resumed = train(cfg)
+    assert resumed.step == full.step == 6
+    a, b = weights(full.model), weights(resumed.model)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    log_a = [(r["step"], r["loss"]) for r in read_log(tmp_path / "full" / "log.jsonl") if r["kind"] == "train"]
+    log_b = [(r["step"], r["loss"]) for r in read_log(tmp_path / "cut" / "log.jsonl") if r["kind"] == "train"]
+    assert log_a == log_b and len(log_a) == 6
+    # a finished run is not trained again
+    assert train(cfg).step == 6
+    # resuming under another configuration is refused, naming the field; run.* may change
+    with pytest.raises(ValueError, match=r"optim\.lr: 0\.001 -> 0\.002"):
+        train(small_cfg(tmp_path / "cut", batch_size=1, **{"optim.lr": 2e-3}))
+    with pytest.raises(FileExistsError, match="already holds a checkpoint"):
+        train(small_cfg(tmp_path / "cut", batch_size=1, **{"run.resume": False}))
+    assert train(small_cfg(tmp_path / "cut", batch_size=1, **{"run.log_every": 5})).step == 6
+
+
+def test_ddp_two_gloo_processes_match_one_process(tmp_path):
+    kw = {"steps": 2, "optim.warmup_steps": 1}
+    one = train(small_cfg(tmp_path / "one", **kw))
+    cfg = small_cfg(tmp_path / "two", **kw)
+    launch_ddp(cfg, 2, threads=1)
+    l1 = [r["loss"] for r in read_log(tmp_path / "one" / "log.jsonl") if r["kind"] == "train"]
+    l2 = [r["loss"] for r in read_log(tmp_path / "two" / "log.jsonl") if r["kind"] == "train"]
+    assert len(l1) == len(l2) == 2
+    assert l1 == pytest.approx(l2, rel=1e-5)
+    ck = load_checkpoint(tmp_path / "two" / CHECKPOINT_NAME)
+    assert ck["world_size"] == 2 and ck["step"] == 2
+    a = weights(one.model)
+    diff = max((a[k] - ck["model"][k]).abs().max().item() for k in a)
+    assert diff < 0.1 * cfg.optim.lr, diff      # a tenth of one Adam step: float noise only
+
+
+# ---------------------------------------------------------------------------- bad input
+def test_nan_loss_names_step_and_scene(tmp_path, scenes):
+    from dataclasses import replace
+
+    depth = torch.where(scenes[1].depth > 0, float("inf"), 0.0)   # a corrupted depth map
+    bad = replace(scenes[1], depth=depth, source="bad-scene")
+    with pytest.raises(NonFiniteLossError, match=r"step 0.*bad-scene"):
+        train(small_cfg(tmp_path), dataset=[scenes[0], bad])
+    assert not (tmp_path / CHECKPOINT_NAME).exists()
+
+
+def test_empty_and_one_view_datasets(tmp_path, scenes):
+    with pytest.raises(ValueError, match="training dataset is empty"):
+        train(small_cfg(tmp_path), dataset=[])
+    one = {"images": scenes[0].images[:1], "K": scenes[0].K[:1], "c2w": scenes[0].c2w[:1],
+           "depth": scenes[0].depth[:1], "source": "single"}
+    with pytest.raises(ValueError, match="1 view.*at least 2"):
+        train(small_cfg(tmp_path), dataset=[one, one])
+    no_depth = {**one, "images": scenes[0].images, "K": scenes[0].K, "c2w": scenes[0].c2w, "depth": None}
+    with pytest.raises(ValueError, match="no depth.*geometry_weight"):
+        train(small_cfg(tmp_path, steps=1), dataset=[no_depth, no_depth])
+
+
+def test_checkpoint_writes_are_atomic(tmp_path, monkeypatch):
+    import flare_nb.train as tr
+
+    path = tmp_path / "ck.pt"
+    save_checkpoint(path, {"format": tr.FORMAT, "step": 7, "w": torch.arange(3.0)})
+
+    def dies_mid_write(obj, f):
+        f.write(b"partial garbage")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(tr.torch, "save", dies_mid_write)
+    with pytest.raises(OSError, match="disk full"):
+        save_checkpoint(path, {"format": tr.FORMAT, "step": 8})
+    monkeypatch.undo()
+    ck = load_checkpoint(path)                    # the finished checkpoint is intact
+    assert ck["step"] == 7 and torch.equal(ck["w"], torch.arange(3.0))
+    assert not list(tmp_path.glob("ck.pt.tmp*"))
+    (tmp_path / "cut.pt").write_bytes(path.read_bytes()[:100])
+    with pytest.raises(ValueError, match="truncated"):
+        load_checkpoint(tmp_path / "cut.pt")
+    with pytest.raises(FileNotFoundError, match="missing.pt"):
+        load_checkpoint(tmp_path / "missing.pt")
+
+
+def test_cli_reports_errors(tmp_path, capsys):
+    assert main(["--config", str(tmp_path / "none.yaml")]) == 2
+    assert "none.yaml" in capsys.readouterr().err
+
+
+def test_model_pose_noise_hook_feeds_stages_2_and_3_only():
+    from flare_nb.config import tiny
+    from flare_nb.model import FlareModel
+
+    torch.manual_seed(0)
+    model = FlareModel(tiny()).eval()
+    x = torch.rand(1, 3, 3, 64, 64) * 2 - 1
+    calls = []
+
+    def identity(enc, stage):
+        calls.append((stage, tuple(enc.shape), enc.requires_grad))
+        return enc
+
+    with torch.no_grad():
+        ref = model(x)
+        same = model(x, pose_noise=identity)
+        noisy = model(x, pose_noise=lambda enc, stage: perturb_pose_encoding(
+            enc, 1.0, 20.0, 0.2, torch.Generator().manual_seed(stage)))
+    assert calls == [(2, (1, 3, 9), False), (3, (1, 3, 9), False)]
+    assert torch.equal(same.pts3d_global, ref.pts3d_global)
+    assert torch.equal(noisy.pose_enc_stage1, ref.pose_enc_stage1)          # stage 1 is upstream of the noise
+    assert not torch.allclose(noisy.pts3d_cam, ref.pts3d_cam)               # stage 2 sees the noisy pose
+    assert not torch.allclose(noisy.pts3d_global, ref.pts3d_global)
