@@ -1,0 +1,101 @@
+"""flare_nb.widgets: the pose-perturbation callback behind notebook 02's widget."""
+import math
+
+import matplotlib
+
+matplotlib.use("Agg")
+import pytest
+import torch
+
+from flare_nb import cameras
+from flare_nb.widgets import euler_to_matrix, make_pose_widget, perturb_pose, pose_perturbation_view
+
+
+def _trajectory(V=3):
+    c2w = torch.eye(4, dtype=torch.float64).repeat(V, 1, 1)
+    for i in range(V):
+        c2w[i, :3, :3] = euler_to_matrix(0, 20 * i, 5 * i)
+        c2w[i, :3, 3] = torch.tensor([float(i), 0.2 * i, 0.1])
+    return c2w
+
+
+def test_euler_known_answers():
+    Rz = euler_to_matrix(0, 0, 90)
+    assert torch.allclose(Rz @ torch.tensor([1.0, 0, 0], dtype=torch.float64), torch.tensor([0.0, 1, 0], dtype=torch.float64),
+                          atol=1e-12)
+    Rx = euler_to_matrix(90, 0, 0)
+    assert torch.allclose(Rx @ torch.tensor([0.0, 1, 0], dtype=torch.float64), torch.tensor([0.0, 0, 1], dtype=torch.float64),
+                          atol=1e-12)
+    R = euler_to_matrix(10, -30, 50)
+    assert torch.allclose(R @ R.T, torch.eye(3, dtype=R.dtype), atol=1e-12) and abs(torch.det(R) - 1) < 1e-12
+
+
+def test_zero_perturbation_is_identity():
+    c2w = _trajectory()
+    assert torch.equal(perturb_pose(c2w, 1), c2w)
+    _, info = pose_perturbation_view(c2w, 1, draw=False)
+    assert info["rotation_deg"] < 1e-5 and info["centre_shift"] == 0 and info["pose_loss"] < 1e-6
+
+
+def test_camera_frame_translation_moves_along_optical_axis():
+    c2w = _trajectory()
+    new = perturb_pose(c2w, 2, trans=(0, 0, 0.5))
+    assert torch.allclose(new[2, :3, 3] - c2w[2, :3, 3], 0.5 * c2w[2, :3, 2])   # z axis = forward
+    assert torch.equal(new[[0, 1]], c2w[[0, 1]]) and torch.equal(new[2, :3, :3], c2w[2, :3, :3])
+
+
+def test_camera_frame_rotation_keeps_the_centre_world_frame_moves_it():
+    c2w = _trajectory()
+    cam = perturb_pose(c2w, 1, rot_deg=(0, 30, 0))
+    assert torch.allclose(cam[1, :3, 3], c2w[1, :3, 3])
+    dR = c2w[1, :3, :3].T @ cam[1, :3, :3]
+    assert torch.allclose(dR, euler_to_matrix(0, 30, 0), atol=1e-12)
+    world = perturb_pose(c2w, 1, rot_deg=(0, 0, 90), frame="world")
+    assert torch.allclose(world[1, :3, 3], euler_to_matrix(0, 0, 90) @ c2w[1, :3, 3])
+
+
+def test_info_and_loss_grow_with_the_perturbation():
+    c2w = _trajectory()
+    losses = []
+    for deg in (0, 5, 20, 40):
+        _, info = pose_perturbation_view(c2w, 1, ry=deg, draw=False)
+        assert info["rotation_deg"] == pytest.approx(deg, abs=1e-6)
+        losses.append(info["pose_loss"])
+    assert all(a < b for a, b in zip(losses, losses[1:]))
+    _, info = pose_perturbation_view(c2w, 2, tx=0.3, draw=False)
+    assert info["centre_shift"] == pytest.approx(0.3) and info["loss_trans"] > 0 and info["loss_rot"] < 1e-9
+
+
+def test_figure_is_drawn():
+    c2w = _trajectory()
+    K = cameras.intrinsics_from_focal(60.0, 64, 64)
+    ax, info = pose_perturbation_view(c2w.float(), 1, rz=30, tz=0.4, K=K, hw=(64, 64))
+    from mpl_toolkits.mplot3d.art3d import Line3DCollection
+    lines = [c for c in ax.collections if isinstance(c, Line3DCollection)]
+    assert len(lines) == 3 + 1                                  # V cameras + the grey ghost
+    assert "pose loss" in ax.get_title() and info["c2w"].dtype == torch.float32
+
+
+def test_errors():
+    c2w = _trajectory()
+    with pytest.raises(ValueError, match="view"):
+        perturb_pose(c2w, 3)
+    with pytest.raises(ValueError, match="view"):
+        perturb_pose(c2w, 1.0)
+    with pytest.raises(ValueError, match="finite"):
+        perturb_pose(c2w, 1, rot_deg=(0, math.nan, 0))
+    with pytest.raises(ValueError, match="frame"):
+        perturb_pose(c2w, 1, frame="body")
+    with pytest.raises(ValueError, match=r"\(V, 4, 4\)"):
+        perturb_pose(c2w[0], 0)
+
+
+def test_widget_builds_and_updates():
+    pytest.importorskip("ipywidgets")
+    box = make_pose_widget(_trajectory())
+    controls = {getattr(c, "description", ""): c for c in box.children}
+    assert {"view", "rx (deg)", "tz", "frame"} <= set(controls)
+    assert box.last_info is None                              # nothing drawn before a change
+    controls["ry (deg)"].value = 12.0
+    assert box.last_info["rotation_deg"] == pytest.approx(12.0, abs=1e-6)
+    assert "pose loss" in box.children[-2].value
