@@ -352,17 +352,14 @@ def save_render_grid(path, inputs: torch.Tensor, renders: torch.Tensor) -> Path:
 def save_summary_figure(path, c2w, K, hw, points, colors, images, title: str = "") -> Path:
     """One PNG: the input views (view 0 = reference) and a 3D plot of the cameras and points
     (:func:`flare_nb.viz.plot_cameras`)."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # a pyplot-free figure: never touches the notebook's backend
 
     from .viz import plot_cameras
 
     V = images.shape[0]
     ncol = min(V, 4)
     nrow = math.ceil(V / ncol)
-    fig = plt.figure(figsize=(3 * ncol + 6, max(3 * nrow, 6)))
+    fig = Figure(figsize=(3 * ncol + 6, max(3 * nrow, 6)))
     gs = fig.add_gridspec(nrow, ncol + 2)
     for i in range(V):
         ax = fig.add_subplot(gs[i // ncol, i % ncol])
@@ -377,5 +374,4 @@ def save_summary_figure(path, c2w, K, hw, points, colors, images, title: str = "
         fig.suptitle(title, fontsize=10)
     path = Path(path)
     fig.savefig(path, dpi=80)
-    plt.close(fig)
     return path
