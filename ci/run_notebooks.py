@@ -33,7 +33,8 @@ def main() -> int:
         t0 = time.perf_counter()
         try:
             pm.execute_notebook(str(nb), str(out / nb.name), parameters=p, cwd=str(ROOT / "notebooks"),
-                                kernel_name="python3", language="python", progress_bar=False)
+                                kernel_name="python3", language="python", progress_bar=False,
+                                execution_timeout=300)  # a per-cell limit also avoids an nbclient hang on widget cells
             print(f"ok    {nb.name}  {time.perf_counter() - t0:6.1f} s  params={p}")
         except Exception as e:  # papermill raises PapermillExecutionError with the cell's traceback
             failed.append(nb.name)
