@@ -49,6 +49,9 @@ class FlareConfig:
       ``pose_harmonics`` [42] frequencies 2^0..2^41 (the released code derives it as
       ``(dec_dim // pose_dim) // 2``), ``focal_min`` / ``focal_max`` [0.1, 30].
     * ``pose_embed_dim`` [7]: input of ``embed_pose`` = [q (4), T / s (3)].
+    * ``pose_conditioning`` [True]: stages 2 and 3 see the previous stage's pose. ``False`` is
+      the "no pose conditioning" ablation (notebook 06): they get the identity pose of every
+      view instead, i.e. a constant camera embedding that carries no pose information.
     * injections (stages 2 and 3): after decoder layers ``inject_layers`` [(2, 5, 8)] add
       ``Linear(LayerNorm(encoder state k))`` with ``k`` from ``inject_enc_states`` [(4, 10, 16)].
     * DPT heads: ``dpt_hooks`` [(0, 6, 9, 12)], ``dpt_layer_dims`` [(96, 192, 384, 768)],
@@ -86,6 +89,7 @@ class FlareConfig:
     focal_min: float = 0.1
     focal_max: float = 30.0
     pose_embed_dim: int = 7
+    pose_conditioning: bool = True
     inject_layers: tuple = (2, 5, 8)
     inject_enc_states: tuple = (4, 10, 16)
     dpt_hooks: tuple = (0, 6, 9, 12)

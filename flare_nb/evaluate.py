@@ -21,6 +21,7 @@ for evaluation; training (``flare_nb.synthetic.SyntheticDataset``) must use seed
 
 Command line (prints the table)::
 
+    python -m flare_nb.evaluate --method flare --opt poses=stage2 checkpoint=data/checkpoints/tiny_geometry.pt
     python -m flare_nb.evaluate --method colmap --n-views 4 --scenes 10 [--mode orbit]
         [--size 256 256] [--first-seed 1000000] [--opt key=value ...] [--per-scene] [--json out.json]
 """
@@ -40,7 +41,8 @@ from flare_nb.metrics import pointcloud_metrics, pose_auc, relative_pose_errors
 from flare_nb.scenes import Scene
 
 __all__ = ["FAILED_DEG", "HELD_OUT_SEED_START", "held_out_seeds", "evaluate_poses", "evaluate_pointmaps",
-           "evaluate_prediction", "evaluate_on_synthetic", "format_table", "METHODS", "register_method", "colmap_method", "main"]
+           "evaluate_prediction", "evaluate_on_synthetic", "evaluate_scene", "format_table", "METHODS",
+           "register_method", "colmap_method", "flare_method", "load_flare_for_eval", "POSE_SOURCES", "main"]
 
 FAILED_DEG = 180.0                # rotation and translation error of a pair with an unregistered view
 HELD_OUT_SEED_START = 1_000_000   # synthetic seeds >= this are never used for training
@@ -223,9 +225,106 @@ def colmap_method(seed: int = 0, camera_model: str = "SIMPLE_RADIAL") -> Predict
     return predict
 
 
-# name -> factory(**options) -> predict_fn. The FLARE model registers itself here (lead's job):
-#   METHODS["flare"] = lambda checkpoint=..., **kw: <predict_fn from flare_nb.inference>
-METHODS: dict[str, Callable[..., PredictFn]] = {"colmap": colmap_method}
+POSE_SOURCES = ("stage1", "stage2", "pnp")
+
+
+def load_flare_for_eval(checkpoint=None, config="tiny", device="cpu", seed: int = 0):
+    """``FlareModel`` for evaluation via :func:`flare_nb.inference.load_model`; a
+    ``flare_nb.train`` checkpoint brings its own model config (e.g. an ablation's
+    ``pose_conditioning=False``), which then replaces ``config``."""
+    from pathlib import Path
+
+    from flare_nb.config import FlareConfig
+    from flare_nb.inference import load_model
+
+    if checkpoint not in (None, "") and Path(checkpoint).is_file() and str(checkpoint).endswith((".pt", ".pth")):
+        try:
+            ck = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        except Exception:       # not a plain torch file: load_model reports what is wrong
+            ck = None
+        if isinstance(ck, dict) and isinstance(ck.get("model_config"), dict):
+            mc = {k: tuple(v) if isinstance(v, list) else v for k, v in ck["model_config"].items()}
+            config = FlareConfig(**mc)
+    return load_model(checkpoint, config=config, device=device, seed=seed)
+
+
+def flare_method(checkpoint: str = "", config="tiny", poses: str = "stage2", device: str = "cpu",
+                 seed: int = 0, pnp_iterations: int = 1000, model=None) -> PredictFn:
+    """Factory of FLARE's ``predict_fn`` (:func:`flare_nb.inference.reconstruct`), notebook 07.
+
+    Args:
+        checkpoint: weights (``""``: the default of :func:`flare_nb.inference.load_model`, i.e.
+            ``data/checkpoints/tiny_geometry.pt`` if present, else RANDOM weights).
+        config: ``"tiny"`` | ``"official_geometry"`` | a ``FlareConfig`` (a training
+            checkpoint's own model config takes precedence, :func:`load_flare_for_eval`).
+        poses: which cameras are scored: ``"stage1"`` (coarse pose head), ``"stage2"``
+            (refined pose head, the default) or ``"pnp"`` (PnP on the global pointmaps with
+            the focal estimated from view 0's pointmap, as FLARE's demo; a scene where PnP
+            fails counts as nothing registered but view 0).
+        device: ``"cpu"`` | ``"auto"`` | ``"cuda"``.
+        seed: seed of random tiny weights and of the PnP RANSAC.
+        pnp_iterations: RANSAC iterations (only ``poses="pnp"``).
+        model: an already built ``FlareModel`` (then ``checkpoint``/``config`` are ignored).
+
+    The returned ``predict_fn(scene)`` gives ``c2w (V, 4, 4)`` (view 0 = identity),
+    ``registered``, ``K`` (focal from the global pointmap, when estimated) and ``pointmaps``
+    (the global head's, view 0's frame). It also has ``predict_fn.model`` and
+    ``predict_fn.weights_label``.
+    """
+    from flare_nb.inference import reconstruct
+
+    if poses not in POSE_SOURCES:
+        raise ValueError(f"flare_method: poses must be one of {POSE_SOURCES}, got {poses!r}")
+    if isinstance(pnp_iterations, bool) or not isinstance(pnp_iterations, int) or pnp_iterations < 1:
+        raise ValueError(f"flare_method: pnp_iterations must be a positive int, got {pnp_iterations!r}")
+    if model is None:
+        model = load_flare_for_eval(checkpoint, config, device, seed)
+
+    def predict(scene: Scene) -> dict:
+        V = scene.n_views
+        r = reconstruct(model, scene.images, device=device, pnp=(poses == "pnp"),
+                        pnp_iterations=pnp_iterations, seed=int(seed))
+        if poses == "pnp":
+            if r.c2w_pnp is None:          # PnP impossible: only the reference view has a pose
+                c2w = torch.full((V, 4, 4), float("nan"))
+                c2w[0] = torch.eye(4)
+            else:
+                c2w = r.c2w_pnp
+        else:
+            c2w = r.c2w_coarse if poses == "stage1" else r.c2w_refined
+        reg = torch.isfinite(c2w).flatten(1).all(1)
+        out = {"c2w": c2w, "registered": reg, "pointmaps": r.pts3d_global}
+        if r.K is not None:
+            out["K"] = r.K.expand(V, 3, 3)
+        return out
+
+    predict.model = model
+    predict.weights_label = getattr(model, "weights_label", "")
+    return predict
+
+
+def evaluate_scene(predict_fn: PredictFn, scene: Scene, method: str = "method") -> dict:
+    """One row of metrics for ``predict_fn`` on a posed scene (e.g. a real one from
+    :func:`flare_nb.scenes.load_scene`): the method sees the images only; the row has
+    ``method, scene, n_views, size``, the scalars of :func:`evaluate_prediction` (pointmap
+    metrics only if the scene has depth) and ``time_s``. Notebook 07."""
+    if not callable(predict_fn):
+        raise TypeError(f"evaluate_scene: predict_fn must be callable, got {type(predict_fn).__name__}")
+    if not isinstance(scene, Scene):
+        raise TypeError(f"evaluate_scene: scene must be a flare_nb.scenes.Scene, got {type(scene).__name__}")
+    t0 = time.perf_counter()
+    out = predict_fn(_images_only(scene))
+    dt = time.perf_counter() - t0
+    H, W = scene.hw
+    row = dict(method=method, scene=scene.source or "scene", n_views=scene.n_views, size=f"{H}x{W}")
+    row.update(evaluate_prediction(_as_prediction(out, scene.n_views, scene.hw, f"{method} on {row['scene']}"),
+                                   scene))
+    row["time_s"] = dt
+    return row
+
+
+# name -> factory(**options) -> predict_fn; FLARE and the COLMAP baseline plug in the same way.
+METHODS: dict[str, Callable[..., PredictFn]] = {"colmap": colmap_method, "flare": flare_method}
 
 
 def register_method(name: str, factory: Callable[..., PredictFn], overwrite: bool = False) -> None:

@@ -66,6 +66,14 @@ INERT_PARAMETERS = (
 )
 
 
+def _identity_pose_encoding(like: torch.Tensor) -> torch.Tensor:
+    """Encodings ``(..., 9)`` of the identity pose (T = 0, q = (1, 0, 0, 0), focal logits 0),
+    shaped like ``like``: what stages 2 and 3 receive when ``cfg.pose_conditioning`` is False."""
+    out = torch.zeros_like(like).detach()
+    out[..., 3] = 1.0
+    return out
+
+
 @dataclass
 class FlareOutput:
     """What ``FlareModel.forward`` returns (B batch, V views, H x W pixels).
@@ -222,8 +230,12 @@ class FlareModel(EncoderMixin, PosePredictorMixin, CameraCentricMixin, GlobalPro
         enc = self.encode(images.reshape(B * V, 3, H, W), keep_states=set(cfg.inject_enc_states))
         s1 = self.predict_coarse_pose(enc["tokens"], enc["grid"], B, V, self._teacher(pose_teacher, "stage1"))
         pose2 = s1["pose_enc"][-1] if pose_noise is None else pose_noise(s1["pose_enc"][-1].detach(), 2)
+        if not cfg.pose_conditioning:       # ablation (notebook 06): a constant, pose-free camera embedding
+            pose2 = _identity_pose_encoding(pose2)
         s2 = self.camera_centric(enc, B, V, (H, W), pose2, self._teacher(pose_teacher, "stage2"), local_features)
         pose3 = s2["pose_enc"][-1] if pose_noise is None else pose_noise(s2["pose_enc"][-1].detach(), 3)
+        if not cfg.pose_conditioning:
+            pose3 = _identity_pose_encoding(pose3)
         if nvs:  # second image path, intrinsics, baseline-normalised pose (flare_nb.nvs)
             st2 = self.encode_stage2(images.reshape(B * V, 3, H, W))
             fx_in = fxfycxcy / cfg.intrinsics_scale
