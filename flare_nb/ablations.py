@@ -58,7 +58,7 @@ def ablation_config(base, variant: str, seed: int, steps: int, out_dir, size: Se
     """The :class:`~flare_nb.train_config.TrainConfig` of one ablation run: ``base`` (a
     ``TrainConfig``) with the overrides of ``VARIANTS[variant]``, ``seed``, ``steps``,
     ``run.out_dir = out_dir``, fresh (``run.resume: false``), quiet, no periodic validation
-    or checkpoints; optionally a smaller ``size (H, W)``, ``n_views``, ``batch_size`` and
+    or checkpoints; optionally a smaller ``size (W, H)``, ``n_views``, ``batch_size`` and
     ``warmup_steps`` (default: a tenth of ``steps``)."""
     if variant not in VARIANTS:
         raise ValueError(f"unknown ablation variant {variant!r}; expected one of {list(VARIANTS)}")
@@ -103,10 +103,10 @@ def run_ablation(base, variant: str, seed: int, steps: int, out_root, eval_scene
     train_recs = [r for r in read_log(out_dir / "log.jsonl") if r.get("kind") == "train"]
     if not train_recs or train_recs[-1]["step"] != steps:
         raise ValueError(f"{out_dir}: the run did not reach step {steps} (log {out_dir / 'log.jsonl'})")
-    H, W = cfg.data.size
-    out = {"variant": variant, "seed": int(seed), "steps": steps, "size": f"{H}x{W}", "n_views": cfg.data.n_views,
+    W, H = cfg.data.size
+    out = {"variant": variant, "seed": int(seed), "steps": steps, "size": f"{W}x{H}", "n_views": cfg.data.n_views,
            "train_s": round(float(train_recs[-1]["time"]), 1), "final_train_loss": train_recs[-1]["loss"]}
-    out.update(score_model(model, base, eval_scenes, modes, (H, W), cfg.data.n_views, name=variant))
+    out.update(score_model(model, base, eval_scenes, modes, (W, H), cfg.data.n_views, name=variant))
     return out
 
 

@@ -113,7 +113,7 @@ def main(argv: Sequence[str] | None = None) -> str:
     p.add_argument("--scenes", type=int, default=16, help="held-out synthetic scenes per mode and view count")
     p.add_argument("--n-views", type=int, nargs="+", default=[2, 4, 8])
     p.add_argument("--modes", nargs="+", default=["orbit", "forward"])
-    p.add_argument("--size", type=int, nargs=2, default=[128, 128], metavar=("H", "W"), help="synthetic size")
+    p.add_argument("--size", type=int, nargs=2, default=[128, 128], metavar=("W", "H"), help="synthetic size")
     p.add_argument("--real-size", type=int, nargs=2, default=[256, 192], metavar=("W", "H"))
     p.add_argument("--real-views", type=int, default=8)
     p.add_argument("--no-colmap", action="store_true")

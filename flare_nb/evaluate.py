@@ -316,7 +316,7 @@ def evaluate_scene(predict_fn: PredictFn, scene: Scene, method: str = "method") 
     out = predict_fn(_images_only(scene))
     dt = time.perf_counter() - t0
     H, W = scene.hw
-    row = dict(method=method, scene=scene.source or "scene", n_views=scene.n_views, size=f"{H}x{W}")
+    row = dict(method=method, scene=scene.source or "scene", n_views=scene.n_views, size=f"{W}x{H}")
     row.update(evaluate_prediction(_as_prediction(out, scene.n_views, scene.hw, f"{method} on {row['scene']}"),
                                    scene))
     row["time_s"] = dt
@@ -348,7 +348,7 @@ def evaluate_on_synthetic(predict_fn: PredictFn, seeds: int | Iterable[int] = 10
     """Run ``predict_fn`` on held-out synthetic scenes; one row (dict) per scene and mode.
 
     ``seeds``: a count ``n`` (the first ``n`` :func:`held_out_seeds`) or explicit seeds, all
-    ``>= HELD_OUT_SEED_START`` unless ``allow_training_seeds``. ``n_views``, ``size (H, W)``
+    ``>= HELD_OUT_SEED_START`` unless ``allow_training_seeds``. ``n_views``, ``size (W, H)``
     and ``mode`` (``"orbit"``, ``"forward"`` or a list of both) go to
     :func:`flare_nb.synthetic.make_scene`. The method sees the images only (module
     docstring). Each row: ``method, mode, n_views, size, seed``, the scalars of
@@ -372,15 +372,15 @@ def evaluate_on_synthetic(predict_fn: PredictFn, seeds: int | Iterable[int] = 10
     bad = [m for m in modes if m not in MODES]
     if bad or not modes:
         raise ValueError(f"evaluate_on_synthetic: mode must be one of {MODES} (or a list of them), got {mode!r}")
-    H, W = check_size(size)
+    W, H = check_size(size)
     rows = []
     for m in modes:
         for s in seeds:
-            scene = make_scene(s, n_views, (H, W), m)
+            scene = make_scene(s, n_views, (W, H), m)
             t0 = time.perf_counter()
             out = predict_fn(_images_only(scene))
             dt = time.perf_counter() - t0
-            row = dict(method=method, mode=m, n_views=n_views, size=f"{H}x{W}", seed=s)
+            row = dict(method=method, mode=m, n_views=n_views, size=f"{W}x{H}", seed=s)
             row.update(evaluate_prediction(_as_prediction(out, scene.n_views, scene.hw, f"{method} on seed {s}"),
                                            scene))
             row["time_s"] = dt
@@ -472,7 +472,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
     p.add_argument("--n-views", type=int, default=4)
     p.add_argument("--scenes", type=int, default=10, help="number of held-out scenes per mode")
     p.add_argument("--mode", nargs="+", default=["orbit"], help="orbit and/or forward")
-    p.add_argument("--size", type=int, nargs=2, default=[256, 256], metavar=("H", "W"))
+    p.add_argument("--size", type=int, nargs=2, default=[256, 256], metavar=("W", "H"))
     p.add_argument("--first-seed", type=int, default=HELD_OUT_SEED_START)
     p.add_argument("--opt", nargs="*", default=[], metavar="KEY=VALUE", help="options for the method's factory")
     p.add_argument("--per-scene", action="store_true", help="also print one line per scene")

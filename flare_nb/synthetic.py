@@ -51,29 +51,29 @@ _ENV_ID = 1                  # mask id of the ground / room; objects are 2, 3, .
 
 
 def check_size(size) -> tuple[int, int]:
-    """``size`` as ``(H, W)``; both must be positive multiples of 64 (an int means square).
-
-    Raises ``ValueError`` naming the nearest valid sizes otherwise.
+    """``size`` as ``(W, H)`` -- the workbook's one size order, as in :mod:`flare_nb.preprocess`
+    and the CLI's ``WxH`` -- both positive multiples of 64 (an int means square).
+    Returns ``(W, H)``; raises ``ValueError`` naming the nearest valid sizes otherwise.
     """
     if isinstance(size, (int, np.integer)):
         size = (int(size), int(size))
     try:
-        H, W = (int(s) for s in size)
+        W, H = (int(s) for s in size)
         if any(float(s) != int(s) for s in size):
             raise ValueError
     except (TypeError, ValueError):
-        raise ValueError(f"size must be an int or a pair (H, W) of ints, got {size!r}") from None
-    bad = [s for s in (H, W) if s <= 0 or s % 64]
+        raise ValueError(f"size must be an int or a pair (W, H) of ints, got {size!r}") from None
+    bad = [s for s in (W, H) if s <= 0 or s % 64]
     if bad:
         def near(s):
             lo = max(64, (s // 64) * 64)
             hi = max(64, lo + 64 if s > lo else lo)
             return sorted({lo, hi})
-        hs, ws = near(H), near(W)
-        options = ", ".join(f"({h}, {w})" for h in hs for w in ws)
-        raise ValueError(f"size (H, W) = ({H}, {W}) must be positive multiples of 64; "
+        ws, hs = near(W), near(H)
+        options = ", ".join(f"({w}, {h})" for w in ws for h in hs)
+        raise ValueError(f"size (W, H) = ({W}, {H}) must be positive multiples of 64; "
                          f"nearest valid sizes: {options}")
-    return H, W
+    return W, H
 
 
 def _check_args(seed, n_views, mode):
@@ -516,7 +516,7 @@ def make_scene(seed: int, n_views: int = 4, size=(128, 128), mode: str = "orbit"
             ``n_views`` or ``size``); view ``i``'s camera is the same for every ``n_views > i``
             in forward mode, and view 0's in both modes.
         n_views: number of views ``V >= 2``.
-        size: ``(H, W)`` (or an int for square), multiples of 64, else ``ValueError``.
+        size: ``(W, H)`` (or an int for square), multiples of 64, else ``ValueError``.
         mode: ``"orbit"`` -- cameras on a jittered ring arc around objects on a ground plane,
             looking at their centre (CO3D-like); ``"forward"`` -- a camera walking forward
             (and drifting sideways) through a closed room (RealEstate10K-like).
@@ -533,7 +533,7 @@ def make_scene(seed: int, n_views: int = 4, size=(128, 128), mode: str = "orbit"
         World frame: +z up, ground at z = 0, metres.
     """
     _check_args(seed, n_views, mode)
-    H, W = check_size(size)
+    W, H = check_size(size)
     if n_objects is not None and (isinstance(n_objects, bool) or not isinstance(n_objects, (int, np.integer))
                                   or not 0 <= n_objects <= 12):
         raise ValueError(f"n_objects must be None or an int in [0, 12], got {n_objects!r}")

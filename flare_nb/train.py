@@ -237,7 +237,7 @@ def make_datasets(cfg: TrainConfig):
         return train, val
     from flare_nb.scenes import load_scene
 
-    size = (int(d.size[1]), int(d.size[0]))            # load_scene takes (W, H)
+    size = (int(d.size[0]), int(d.size[1]))            # (W, H), as load_scene takes it
     return [load_scene(p, size=size) for p in d.paths], [load_scene(p, size=size) for p in d.val_paths]
 
 

@@ -43,7 +43,7 @@ __all__ = ["DataConfig", "OptimConfig", "LossConfig", "PoseNoiseConfig", "RunCon
 class DataConfig:
     kind: str = "synthetic"            # synthetic | scenes
     n_views: int = 4                   # views per training sample (V >= 2)
-    size: list = field(default_factory=lambda: [128, 128])   # (H, W), multiples of 64
+    size: list = field(default_factory=lambda: [128, 128])   # (W, H), multiples of 64
     modes: list = field(default_factory=lambda: ["orbit", "forward"])
     train_seeds: list = field(default_factory=lambda: [0, 1_000_000])
     val_seeds: list = field(default_factory=lambda: [1_000_000, 1_000_016])

@@ -44,7 +44,7 @@ def main(argv=None) -> int:
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--steps", type=int, default=400)
-    p.add_argument("--size", type=int, nargs=2, default=[64, 64], metavar=("H", "W"))
+    p.add_argument("--size", type=int, nargs=2, default=[64, 64], metavar=("W", "H"))
     p.add_argument("--n-views", type=int, default=4)
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--eval-scenes", type=int, default=8, help="held-out scenes per mode (orbit, forward)")

@@ -141,7 +141,7 @@ def _oracle(scene):
     ground truth from the scene it is given)."""
     assert torch.isnan(scene.c2w).all() and torch.isnan(scene.K).all() and scene.depth is None
     mode, seed = re.fullmatch(r"synthetic:(\w+):seed=(\d+)", scene.source).groups()
-    truth = make_scene(int(seed), scene.n_views, scene.hw, mode)
+    truth = make_scene(int(seed), scene.n_views, scene.hw[::-1], mode)
     return {"c2w": _sim3(truth.c2w.double()), "K": truth.K,
             "pointmaps": 2.5 * pointmaps(truth, "world")}
 

@@ -123,7 +123,7 @@ def test_report_builder(model):
     md = er.report_markdown(syn, rr, "T", ["a note"])
     assert md.startswith("# T") and "* a note" in md
     assert "| flare/stage2 | orbit | 2 | 64x64 | 1 |" in md
-    assert "| oracle | fountain-P11 | 3 | 64x128 | 1 | 100.0 |" in md
+    assert "| oracle | fountain-P11 | 3 | 128x64 | 1 | 100.0 |" in md
 
 
 _ORACLE: dict = {}

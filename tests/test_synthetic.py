@@ -15,7 +15,7 @@ MODES = ("orbit", "forward")
 
 @pytest.fixture(scope="module", params=MODES)
 def scene_and_masks(request):
-    return make_scene(3, n_views=4, size=(128, 192), mode=request.param, return_masks=True)
+    return make_scene(3, n_views=4, size=(192, 128), mode=request.param, return_masks=True)
 
 
 def _sample(img, uv):

@@ -16,7 +16,7 @@ from flare_nb.viz import frustum_points, plot_cameras, plotly_cameras, show_dept
 
 @pytest.fixture(scope="module")
 def scene():
-    return make_scene(1, n_views=5, size=(64, 128), mode="orbit")
+    return make_scene(1, n_views=5, size=(128, 64), mode="orbit")
 
 
 @pytest.fixture(autouse=True)
