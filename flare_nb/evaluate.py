@@ -37,7 +37,7 @@ from dataclasses import replace
 import numpy as np
 import torch
 
-from flare_nb.metrics import pointcloud_metrics, pose_auc, relative_pose_errors
+from flare_nb.metrics import pointcloud_metrics, pose_summary, relative_pose_errors
 from flare_nb.scenes import Scene
 
 __all__ = ["FAILED_DEG", "HELD_OUT_SEED_START", "held_out_seeds", "evaluate_poses", "evaluate_pointmaps",
@@ -108,12 +108,7 @@ def evaluate_poses(pred_c2w, gt_c2w, registered=None, thresholds=THRESHOLDS,
     failed = ~(registered[pairs[:, 0]] & registered[pairs[:, 1]])
     rot = torch.where(failed, torch.full_like(rot, FAILED_DEG), rot)
     trans = torch.where(failed, torch.full_like(trans, FAILED_DEG), trans)
-    out = {}
-    for t in thresholds:
-        out[f"RRA@{t}"] = 100.0 * (rot < t).double().mean().item()
-    for t in thresholds:
-        out[f"RTA@{t}"] = 100.0 * (trans < t).double().mean().item()
-    out[f"AUC@{auc_threshold}"] = pose_auc(rot, trans, auc_threshold)
+    out = pose_summary(rot, trans, thresholds, auc_threshold)
     out.update(n_views=V, n_registered=int(registered.sum()),
                **{"registered_%": 100.0 * float(registered.double().mean())},
                n_pairs=len(pairs), n_failed_pairs=int(failed.sum()),

@@ -184,6 +184,18 @@ def pose_auc(rot_err, trans_err, max_threshold: int = 30) -> float:
     return float(np.mean(fr))
 
 
+def pose_summary(rot: torch.Tensor, trans: torch.Tensor, thresholds=(5, 15, 30), auc_threshold: int = 30) -> dict:
+    """RRA@t and RTA@t (percent of pairs strictly under ``t`` degrees) and AUC@``auc_threshold``
+    from per-pair rotation / translation-direction errors in degrees (notebook 07)."""
+    out = {}
+    for t in thresholds:
+        out[f"RRA@{t}"] = 100.0 * (rot < t).double().mean().item()
+    for t in thresholds:
+        out[f"RTA@{t}"] = 100.0 * (trans < t).double().mean().item()
+    out[f"AUC@{auc_threshold}"] = pose_auc(rot, trans, auc_threshold)
+    return out
+
+
 def pose_metrics(c2w_pred: torch.Tensor, c2w_gt: torch.Tensor, thresholds=(5, 15, 30), auc_threshold: int = 30,
                  sign_invariant: bool = True) -> dict:
     """RRA@t and RTA@t (percent, t in ``thresholds``), ``AUC@auc_threshold`` (in [0, 1]) and the
@@ -193,12 +205,7 @@ def pose_metrics(c2w_pred: torch.Tensor, c2w_gt: torch.Tensor, thresholds=(5, 15
     "pairs": (P, 2)}`` (floats, then float64 / long tensors). Notebook 07.
     """
     rot, trans, pairs = relative_pose_errors(c2w_pred, c2w_gt, sign_invariant)
-    out = {}
-    for t in thresholds:
-        out[f"RRA@{t}"] = 100.0 * (rot < t).double().mean().item()
-    for t in thresholds:
-        out[f"RTA@{t}"] = 100.0 * (trans < t).double().mean().item()
-    out[f"AUC@{auc_threshold}"] = pose_auc(rot, trans, auc_threshold)
+    out = pose_summary(rot, trans, thresholds, auc_threshold)
     out.update(rot_err=rot, trans_err=trans, pairs=pairs)
     return out
 
