@@ -109,12 +109,18 @@ def geometry_loss(pts_cam: torch.Tensor, conf_cam: torch.Tensor, pts_global: tor
     moved to view 0's frame with the ground-truth relative pose (translation in the units of
     ``gt_cam`` divided by their mean distance, so both live at the same scale) before the
     loss, as the released code does; the global prediction is compared with the ground truth
-    expressed in view 0's frame.
+    expressed in view 0's frame. ``pts_cam = conf_cam = None`` (the NVS model, which has no
+    camera-centric head) leaves only the global term (``geo_cam`` is then 0).
     """
     B, V = gt_cam.shape[:2]
     rel = torch.stack([relative_to_view0(p) for p in c2w_gt.to(gt_cam.dtype)])           # (B, V, 4, 4)
     gt_v0 = transform_points(rel[:, :, None], gt_cam)                                    # (B, V, H, W, 3)
     s = mean_distance(gt_v0, valid).view(B, 1, 1, 1)
+    if pts_cam is None:
+        l_glob, e_glob = confidence_loss(pts_global, conf_global, gt_v0, valid, alpha)
+        zero = l_glob.new_zeros(())
+        return w_global * l_glob, {"geo_cam": zero, "geo_global": l_glob.detach(), "err_cam": zero,
+                                   "err_global": e_glob}
     rel_n = rel.clone()
     rel_n[..., :3, 3] = rel[..., :3, 3] / s
     # predicted camera-frame points, scaled to the ground truth's normalised units, moved with the GT pose

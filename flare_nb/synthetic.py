@@ -41,6 +41,7 @@ from flare_nb.scenes import Scene
 __all__ = ["MODES", "make_scene", "pointmaps", "SyntheticDataset", "collate_scenes", "check_size"]
 
 MODES = ("orbit", "forward")
+ORBIT_ARC = (40.0, 200.0)     # default azimuth span (degrees) from the first to the last orbit view
 _SHAPES = ("sphere", "box", "cylinder", "torus")
 _TEXTURES = ("noise", "checker", "stripes", "spots")
 _TORUS_TUBE = 0.35           # minor radius of the unit torus (major radius 1)
@@ -74,6 +75,17 @@ def check_size(size) -> tuple[int, int]:
         raise ValueError(f"size (W, H) = ({W}, {H}) must be positive multiples of 64; "
                          f"nearest valid sizes: {options}")
     return W, H
+
+
+def check_orbit_arc(arc) -> tuple[float, float]:
+    """``(lo, hi)`` degrees with ``0 <= lo <= hi <= 360``, else a ``ValueError`` that says so."""
+    try:
+        lo, hi = (float(a) for a in arc)
+    except (TypeError, ValueError):
+        raise ValueError(f"orbit_arc must be (lo, hi) in degrees, e.g. (40, 200), got {arc!r}") from None
+    if not (0.0 <= lo <= hi <= 360.0):
+        raise ValueError(f"orbit_arc must satisfy 0 <= lo <= hi <= 360 degrees, got {arc!r}")
+    return lo, hi
 
 
 def _check_args(seed, n_views, mode):
@@ -385,10 +397,10 @@ def _forward_layout(rng, n_objects):
 # ----------------------------------------------------------------------------- cameras
 
 
-def _orbit_cameras(rng, layout, n_views):
+def _orbit_cameras(rng, layout, n_views, arc_deg=ORBIT_ARC):
     radius = rng.uniform(1.25, 1.7) * (layout["extent"] + 0.3)
     elev = rng.uniform(math.radians(12), math.radians(40))
-    arc = rng.uniform(math.radians(40), math.radians(200))
+    arc = rng.uniform(math.radians(arc_deg[0]), math.radians(arc_deg[1]))
     az0 = rng.uniform(0, 2 * math.pi)
     fov = math.radians(rng.uniform(40, 55))
     poses = []
@@ -507,7 +519,8 @@ def _render(layout, c2w: np.ndarray, K: np.ndarray, H: int, W: int, n_threads: i
 
 
 def make_scene(seed: int, n_views: int = 4, size=(128, 128), mode: str = "orbit",
-               n_objects: int | None = None, return_masks: bool = False, n_threads: int = 0):
+               n_objects: int | None = None, return_masks: bool = False, n_threads: int = 0,
+               orbit_arc=ORBIT_ARC):
     """A procedural multi-view :class:`~flare_nb.scenes.Scene` with exact cameras and depth.
 
     Args:
@@ -525,6 +538,9 @@ def make_scene(seed: int, n_views: int = 4, size=(128, 128), mode: str = "orbit"
         return_masks: also return the object ids ``(V, H, W)`` int64 (0 sky, 1 ground / room,
             ``2 + k`` object ``k``).
         n_threads: open3d ray casting threads (0 = all cores).
+        orbit_arc: ``(lo, hi)`` degrees, orbit mode: the azimuth span from the first to the last
+            view is drawn uniformly in it (default ``ORBIT_ARC`` = (40, 200)); same random
+            draws for any range, so only the spread of the cameras changes.
 
     Returns:
         ``Scene`` with ``images (V, 3, H, W)`` in [0, 1], ``K (V, 3, 3)`` (one camera per
@@ -534,6 +550,7 @@ def make_scene(seed: int, n_views: int = 4, size=(128, 128), mode: str = "orbit"
     """
     _check_args(seed, n_views, mode)
     W, H = check_size(size)
+    orbit_arc = check_orbit_arc(orbit_arc)
     if n_objects is not None and (isinstance(n_objects, bool) or not isinstance(n_objects, (int, np.integer))
                                   or not 0 <= n_objects <= 12):
         raise ValueError(f"n_objects must be None or an int in [0, 12], got {n_objects!r}")
@@ -541,7 +558,7 @@ def make_scene(seed: int, n_views: int = 4, size=(128, 128), mode: str = "orbit"
     layout_rng, camera_rng = (np.random.default_rng(s) for s in ss.spawn(2))
     if mode == "orbit":
         layout = _orbit_layout(layout_rng, n_objects)
-        c2w, fov = _orbit_cameras(camera_rng, layout, n_views)
+        c2w, fov = _orbit_cameras(camera_rng, layout, n_views, orbit_arc)
     else:
         layout = _forward_layout(layout_rng, n_objects)
         c2w, fov = _forward_cameras(camera_rng, layout, n_views)
@@ -590,7 +607,8 @@ class SyntheticDataset(torch.utils.data.Dataset):
     """
 
     def __init__(self, seeds: int | Sequence[int] = 1000, n_views: int = 4, size=(128, 128),
-                 modes: Sequence[str] = MODES, n_objects: int | None = None, n_threads: int = 1):
+                 modes: Sequence[str] = MODES, n_objects: int | None = None, n_threads: int = 1,
+                 orbit_arc=ORBIT_ARC):
         if isinstance(seeds, (int, np.integer)) and not isinstance(seeds, bool):
             if seeds <= 0:
                 raise ValueError(f"seeds must be a positive count or a sequence of seeds, got {seeds}")
@@ -608,6 +626,7 @@ class SyntheticDataset(torch.utils.data.Dataset):
         _check_args(self.seeds[0], n_views, modes[0])
         self.n_views, self.size, self.modes = n_views, check_size(size), tuple(modes)
         self.n_objects, self.n_threads = n_objects, n_threads
+        self.orbit_arc = check_orbit_arc(orbit_arc)
 
     def __len__(self) -> int:
         return len(self.seeds)
@@ -617,7 +636,7 @@ class SyntheticDataset(torch.utils.data.Dataset):
             raise IndexError(f"SyntheticDataset index {i} out of range for {len(self)} scenes")
         i = i % len(self)
         return make_scene(self.seeds[i], self.n_views, self.size, self.modes[i % len(self.modes)],
-                          n_objects=self.n_objects, n_threads=self.n_threads)
+                          n_objects=self.n_objects, n_threads=self.n_threads, orbit_arc=self.orbit_arc)
 
 
 def collate_scenes(scenes: Sequence[Scene]) -> dict:

@@ -19,9 +19,12 @@ What a run does (config fields in :mod:`flare_nb.train_config`):
   geometry loss (camera-centric and global pointmaps), computed per scene and averaged, so
   ``N`` processes with ``batch_size / N`` scenes each give the gradient of one process with
   ``batch_size`` scenes.
-* cascade ``stage``: 1 trains pose + geometry (the geometry model); 2 would add the Gaussian
-  head and a rendering loss with the coarse pose predictor frozen (:func:`frozen_prefixes`);
-  it is not wired yet and stops with a ``NotImplementedError`` that says so.
+* cascade ``stage``: 1 trains pose + geometry (the geometry model, ``model: tiny``); 2 trains
+  the NVS model (``model: tiny_nvs``: the same network plus the second image path and the
+  Gaussian head), started from a stage-1 checkpoint (``init_from``, :func:`init_weights`), with
+  the coarse pose predictor frozen (:func:`frozen_prefixes`) and a rendering loss added: the
+  Gaussians predicted from the context views are rendered into held-out target views
+  (:func:`render_targets`) and compared with them (MSE, SSIM, depth; VGG with local weights).
 * AdamW (betas 0.9, 0.95; no decay on biases and 1-D parameters), linear warm-up then cosine
   (:func:`lr_factor`), optional gradient clipping; bf16 autocast on CUDA.
 * pose noise: the poses fed to stages 2 and 3 are perturbed (:func:`perturb_pose_encoding`)
@@ -57,7 +60,8 @@ from flare_nb.train_config import TrainConfig, config_diff, load_config, seed_li
 __all__ = ["train", "TrainResult", "build_model", "make_datasets", "compute_losses", "perturb_pose_encoding",
            "pose_noise_hook", "lr_factor", "frozen_prefixes", "select_trainable", "make_optimizer",
            "save_checkpoint", "load_checkpoint", "load_trained_model", "evaluate", "plot_curves",
-           "read_log", "launch_ddp", "main", "CHECKPOINT_NAME", "NonFiniteLossError"]
+           "read_log", "launch_ddp", "main", "CHECKPOINT_NAME", "NonFiniteLossError", "init_weights",
+           "split_context_target", "cameras_in_prediction_frame", "render_targets"]
 
 CHECKPOINT_NAME = "checkpoint.pt"
 LOG_NAME = "log.jsonl"
@@ -87,11 +91,45 @@ def build_model(cfg: TrainConfig):
         fc = base.replace(**{k: tuple(v) if isinstance(v, list) else v for k, v in cfg.model_overrides.items()})
     except TypeError as e:
         raise ValueError(f"config model_overrides {cfg.model_overrides}: {e} (use FlareConfig field names)") from None
-    if fc.kind != "geometry":
-        raise ValueError(f"config model_overrides set kind={fc.kind!r}: the trainer trains the geometry model "
-                         "(stage 1); the NVS model needs stage 2's rendering loss, not implemented yet")
+    if fc.kind != base.kind:
+        raise ValueError(f"config model_overrides set kind={fc.kind!r} on the {base.kind} preset {cfg.model!r}; "
+                         "choose the preset of that kind instead (tiny / tiny_nvs, official_geometry / official_nvs)")
     torch.manual_seed(cfg.seed)
     return FlareModel(fc)
+
+
+def init_weights(model, path) -> str:
+    """Start ``model`` from the weights of another run (``init_from``): every tensor whose name
+    and shape the checkpoint shares is copied; returns a one-paragraph report.
+
+    ``path``: a training checkpoint (``checkpoint.pt``) or a shipped one (``{'model': sd}``,
+    ``.safetensors``). Typical use is cascade stage 2: a stage-1 geometry checkpoint starts
+    the NVS model; its ``downstream_head1`` (the camera-centric head the NVS model does not
+    have) is skipped and the NVS-only parts keep their initialisation. Raises ``ValueError``
+    when a shared name has another shape (a checkpoint of another configuration) or when the
+    checkpoint shares fewer than half of the model's tensors (not a FLARE checkpoint of this
+    size). The model is untouched on error."""
+    from flare_nb.checkpoint import read_state_dict
+
+    sd = read_state_dict(path)
+    own = model.state_dict()
+    shared = [k for k in own if k in sd]
+    bad = [f"{k}: checkpoint {tuple(sd[k].shape)} vs model {tuple(own[k].shape)}" for k in shared
+           if tuple(sd[k].shape) != tuple(own[k].shape)]
+    if bad:
+        raise ValueError(f"init_from {path}: {len(bad)} tensors do not fit this model (another configuration?): "
+                         + "; ".join(bad[:5]) + (" ..." if len(bad) > 5 else "")
+                         + ". Use the checkpoint of a run with the same model sizes")
+    if len(shared) < len(own) / 2:
+        raise ValueError(f"init_from {path}: only {len(shared)} of the model's {len(own)} tensors are in the "
+                         "checkpoint; it is not a FLARE checkpoint of this model")
+    with torch.no_grad():
+        for k in shared:
+            own[k].copy_(sd[k].to(own[k].dtype))
+    fresh = sorted({k.split(".")[0] for k in own if k not in sd})
+    unused = sorted({k.split(".")[0] for k in sd if k not in own})
+    return (f"initialised {len(shared)}/{len(own)} tensors from {path}; new (initialised here): "
+            f"{', '.join(fresh) or 'none'}; in the checkpoint but not in this model: {', '.join(unused) or 'none'}")
 
 
 def frozen_prefixes(cfg: TrainConfig) -> tuple[str, ...]:
@@ -119,9 +157,11 @@ def select_trainable(model, cfg: TrainConfig, device) -> tuple[list[str], list[s
     probe = torch.full((1, 2, 3, m, m), -0.5, device=device)
     probe[..., ::2, :] = 0.5
     model.zero_grad(set_to_none=True)
-    out = model(probe)
-    parts = [out.pose_enc_stage1, out.pose_enc_stage2, out.pts3d_cam, out.conf_cam, out.pts3d_global,
-             out.conf_global]
+    intr = torch.tensor([[[m, m, m / 2, m / 2]] * 2], dtype=torch.float32, device=device)
+    out = model(probe, intrinsics=intr)
+    parts = [out.pose_enc_stage1, out.pose_enc_stage2, out.pts3d_global, out.conf_global]
+    parts += [t for t in (out.pts3d_cam, out.conf_cam) if t is not None]
+    parts += list((out.gaussians_raw or {}).values())
     sum(t.float().mean() for t in parts).backward()
     inert = set(model.inert_parameter_names()) if hasattr(model, "inert_parameter_names") else set()
     trained, skipped = [], []
@@ -231,9 +271,11 @@ def make_datasets(cfg: TrainConfig):
     if d.kind == "synthetic":
         from flare_nb.synthetic import SyntheticDataset
 
-        train = SyntheticDataset(seed_list(d.train_seeds), d.n_views, tuple(d.size), d.modes, d.n_objects)
+        kw = dict(n_objects=d.n_objects, orbit_arc=tuple(d.orbit_arc))
+        n = d.n_views + _n_targets(cfg)           # stage 2: target views come from the same sequence
+        train = SyntheticDataset(seed_list(d.train_seeds), n, tuple(d.size), d.modes, **kw)
         vs = seed_list(d.val_seeds)
-        val = SyntheticDataset(vs, d.n_views, tuple(d.size), d.modes, d.n_objects) if vs else []
+        val = SyntheticDataset(vs, n, tuple(d.size), d.modes, **kw) if vs else []
         return train, val
     from flare_nb.scenes import load_scene
 
@@ -241,9 +283,31 @@ def make_datasets(cfg: TrainConfig):
     return [load_scene(p, size=size) for p in d.paths], [load_scene(p, size=size) for p in d.val_paths]
 
 
-def _as_sample(item, where: str, n_views: int, gen: torch.Generator) -> dict:
+def _n_targets(cfg: TrainConfig) -> int:
+    return cfg.render.n_targets if cfg.stage == 2 else 0
+
+
+def split_context_target(n_total: int, n_targets: int) -> tuple[list[int], list[int]]:
+    """``(context, target)`` view indices of a sequence of ``n_total`` views: the targets are
+    ``n_targets`` interior views spread evenly (so they lie between context views: novel-view
+    interpolation, the protocol FLARE is evaluated with); view 0 and the last view are always
+    context. E.g. ``(6, 2) -> ([0, 2, 3, 5], [1, 4])``."""
+    if n_targets == 0:
+        return list(range(n_total)), []
+    if n_total - n_targets < 2:
+        raise ValueError(f"{n_total} views cannot hold {n_targets} target views and at least 2 context views")
+    tgt = sorted({int(round(x)) for x in np.linspace(1, n_total - 2, n_targets)})
+    if len(tgt) < n_targets:              # more targets than interior spacing allows: take the first free ones
+        tgt = sorted(set(tgt) | set([i for i in range(1, n_total - 1) if i not in tgt][:n_targets - len(tgt)]))
+    return [i for i in range(n_total) if i not in tgt], tgt
+
+
+def _as_sample(item, where: str, n_views: int, gen: torch.Generator, n_targets: int = 0) -> dict:
     """A dataset item (``Scene`` or dict with images/K/c2w[/depth]) -> dict of tensors with
-    ``n_views`` views (a random subset, in their original order, when the scene has more)."""
+    ``n_views`` views (a random subset, in their original order, when the scene has more); with
+    ``n_targets``, ``n_views + n_targets`` views are taken and split by :func:`split_context_target`
+    into the context (``images``, ...) and the targets (``target_images``, ``target_K``,
+    ``target_c2w``, ``target_depth``)."""
     if isinstance(item, dict):
         get = item.get
     else:
@@ -255,14 +319,24 @@ def _as_sample(item, where: str, n_views: int, gen: torch.Generator) -> dict:
     V = images.shape[0]
     if V < 2:
         raise ValueError(f"{where}: the scene has {V} view(s); FLARE needs at least 2 views per sample")
-    if V < n_views:
-        raise ValueError(f"{where}: the scene has {V} views but data.n_views = {n_views}; lower data.n_views")
+    need = n_views + n_targets
+    if V < need:
+        extra = f" + render.n_targets = {n_targets}" if n_targets else ""
+        raise ValueError(f"{where}: the scene has {V} views but data.n_views = {n_views}{extra}; "
+                         f"lower data.n_views{' or render.n_targets' if n_targets else ''}")
     idx = torch.arange(V)
-    if V > n_views:
-        idx = torch.randperm(V, generator=gen)[:n_views].sort().values
+    if V > need:
+        idx = torch.randperm(V, generator=gen)[:need].sort().values
     src = get("source") or where
-    return {"images": images[idx].float(), "K": K[idx].float(), "c2w": c2w[idx].float(),
-            "depth": None if depth is None else depth[idx].float(), "source": str(src)}
+    ctx, tgt = split_context_target(need, n_targets)
+    out = {}
+    for prefix, sel in (("", idx[ctx]), ("target_", idx[tgt])):
+        if prefix and not n_targets:
+            continue
+        out.update({f"{prefix}images": images[sel].float(), f"{prefix}K": K[sel].float(),
+                    f"{prefix}c2w": c2w[sel].float(), f"{prefix}depth": None if depth is None else depth[sel].float()})
+    out["source"] = str(src)
+    return out
 
 
 class _StepBatches(torch.utils.data.Dataset):
@@ -295,7 +369,7 @@ class _StepBatches(torch.utils.data.Dataset):
             i = self.index(step * B + s)
             ids.append(i)
             samples.append(_as_sample(self.dataset[i], f"training dataset item {i}", self.cfg.data.n_views,
-                                      _generator(self.cfg.seed, step, s, 7)))
+                                      _generator(self.cfg.seed, step, s, 7), _n_targets(self.cfg)))
         return _collate(samples, ids, self.slots)
 
 
@@ -304,11 +378,13 @@ def _collate(samples: list[dict], ids, slots) -> dict:
     if len(shapes) > 1:
         raise ValueError(f"scenes of one batch must share (V, 3, H, W), got {sorted(shapes)} for "
                          f"{[s['source'] for s in samples]}; resize them (data.size) first")
-    has_depth = [s["depth"] is not None for s in samples]
-    return {"images": torch.stack([s["images"] for s in samples]), "K": torch.stack([s["K"] for s in samples]),
-            "c2w": torch.stack([s["c2w"] for s in samples]),
-            "depth": torch.stack([s["depth"] for s in samples]) if all(has_depth) else None,
-            "source": [s["source"] for s in samples], "index": list(ids), "slot": list(slots)}
+    out = {"source": [s["source"] for s in samples], "index": list(ids), "slot": list(slots)}
+    for prefix in ("", "target_") if "target_images" in samples[0] else ("",):
+        for k in ("images", "K", "c2w"):
+            out[prefix + k] = torch.stack([s[prefix + k] for s in samples])
+        has_depth = all(s[prefix + "depth"] is not None for s in samples)
+        out[prefix + "depth"] = torch.stack([s[prefix + "depth"] for s in samples]) if has_depth else None
+    return out
 
 
 # ============================================================================ losses
@@ -345,11 +421,15 @@ def compute_losses(out, batch: dict, cfg: TrainConfig) -> tuple[torch.Tensor, di
         per, cam, glob = [], [], []
         for b in range(depth.shape[0]):
             s = slice(b, b + 1)
+            has_cam = out.pts3d_cam is not None     # the NVS model has no camera-centric head
             if not bool(valid[s].any()):     # nothing to fit: zero that keeps every parameter in the graph
-                per.append(0.0 * (out.pts3d_cam[s].float().sum() + out.pts3d_global[s].float().sum()
-                                  + out.conf_cam[s].float().sum() + out.conf_global[s].float().sum()))
+                z = out.pts3d_global[s].float().sum() + out.conf_global[s].float().sum()
+                if has_cam:
+                    z = z + out.pts3d_cam[s].float().sum() + out.conf_cam[s].float().sum()
+                per.append(0.0 * z)
                 continue
-            lg, gp = geometry_loss(out.pts3d_cam[s].float(), out.conf_cam[s].float(), out.pts3d_global[s].float(),
+            lg, gp = geometry_loss(out.pts3d_cam[s].float() if has_cam else None,
+                                   out.conf_cam[s].float() if has_cam else None, out.pts3d_global[s].float(),
                                    out.conf_global[s].float(), gt_cam[s], c2w[s], valid[s],
                                    w_cam=L.w_cam, w_global=L.w_global, alpha=L.conf_alpha)
             per.append(lg)
@@ -360,7 +440,112 @@ def compute_losses(out, batch: dict, cfg: TrainConfig) -> tuple[torch.Tensor, di
         parts["geometry"] = lg.detach()
         if cam:
             parts.update(geo_cam=torch.stack(cam).mean(), geo_global=torch.stack(glob).mean())
+    if cfg.stage == 2:
+        lr_, rp = render_loss(out, batch, cfg)
+        total = total + lr_
+        parts.update(render=lr_.detach(), **rp)
     return total, parts
+
+
+def cameras_in_prediction_frame(c2w_context: torch.Tensor, c2w: torch.Tensor, scale) -> torch.Tensor:
+    """Ground-truth cameras ``c2w (T, 4, 4)`` (world frame) expressed in the frame of a FLARE
+    prediction: view 0's camera frame (``c2w_context[0]``) with lengths multiplied by ``scale``
+    (prediction units per world unit, :func:`render_targets`). Returns ``(T, 4, 4)``."""
+    from flare_nb.cameras import invert_pose
+
+    rel = invert_pose(c2w_context[0]).to(c2w.dtype) @ c2w
+    rel = rel.clone()
+    rel[..., :3, 3] = rel[..., :3, 3] * scale
+    return rel
+
+
+def render_targets(gaussians: dict, pts_global: torch.Tensor, sample: dict, which: str = "target",
+                   backend: str = "auto"):
+    """Render one scene's predicted Gaussians into its target (or context) cameras.
+
+    ``gaussians``: ``FlareOutput.gaussians[b]`` (view 0's frame, prediction units);
+    ``pts_global (V, H, W, 3)``: that scene's global pointmap; ``sample``: one scene's tensors
+    (``images (V, 3, H, W)``, ``K``, ``c2w``, ``depth`` of the context, and ``target_*``).
+    The prediction is known up to scale, so the ground-truth cameras are moved into view 0's
+    frame and scaled by ``s = mean |pred| / mean |gt|`` over the context pixels with depth (the
+    normalisation of the geometry loss; detached). Returns ``(render, images, depth, scale)``:
+    the :class:`~flare_nb.rasterize.RenderOutput` (``rgb (T, 3, H, W)``, ``depth``, ``alpha``),
+    the ground-truth images ``(T, 3, H, W)`` and depths ``(T, H, W)`` (or None)."""
+    from flare_nb.cameras import transform_points, unproject_depth
+    from flare_nb.losses import mean_distance
+    from flare_nb.splats import render_views
+
+    c2w_ctx = sample["c2w"].float()
+    pre = "target_" if which == "target" else ""
+    depth = sample["depth"]
+    if depth is None:
+        raise ValueError("rendering needs the context depth to fix the prediction's scale (scenes without depth "
+                         "cannot be used in stage 2)")
+    depth = depth.float()
+    valid = depth > 0
+    gt_cam = unproject_depth(depth, sample["K"].float())
+    rel = cameras_in_prediction_frame(c2w_ctx, c2w_ctx, 1.0)
+    gt_v0 = transform_points(rel[:, None], gt_cam)
+    with torch.no_grad():
+        scale = (mean_distance(pts_global.float()[None].detach(), valid[None])
+                 / mean_distance(gt_v0[None], valid[None]))[0]
+    cams = cameras_in_prediction_frame(c2w_ctx, sample[pre + "c2w"].float(), scale)
+    H, W = sample[pre + "images"].shape[-2:]
+    g = {k: (v.float() if isinstance(v, torch.Tensor) else v) for k, v in gaussians.items()}
+    rend = render_views(g, cams, sample[pre + "K"].float(), (H, W), backend=backend)
+    tdepth = sample.get(pre + "depth")
+    return rend, sample[pre + "images"].float(), None if tdepth is None else tdepth.float(), scale
+
+
+_PERCEPTUAL: dict = {}
+
+
+def render_loss(out, batch: dict, cfg: TrainConfig) -> tuple[torch.Tensor, dict]:
+    """Stage 2's rendering loss over the scenes of a batch (mean over scenes), see
+    :class:`~flare_nb.train_config.RenderConfig`. ``parts``: ``render_mse``, ``render_ssim``
+    (the SSIM itself, not the loss), ``render_depth``, ``render_perceptual`` (when on) and
+    ``psnr`` (dB, of the rendered target views)."""
+    from flare_nb.render_losses import PerceptualLoss, depth_loss, mse, ssim
+
+    R = cfg.render
+    if out.gaussians is None:
+        raise ValueError("stage 2 needs the NVS model's Gaussians (model: tiny_nvs); this model has no Gaussian head")
+    which = (["target"] if R.n_targets else []) + (["context"] if R.render_context else [])
+    perc = None
+    if R.perceptual_weight > 0:
+        key = str(R.vgg_weights)
+        if key not in _PERCEPTUAL:
+            _PERCEPTUAL[key] = PerceptualLoss(R.vgg_weights)
+        perc = _PERCEPTUAL[key].to(batch["images"].device)
+    totals, acc = [], {}
+    for b in range(batch["images"].shape[0]):
+        sample = {k: (v[b] if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
+        if not bool(torch.isfinite(out.pts3d_global[b].detach()).all()):
+            # a diverged prediction: a NaN loss lets the trainer stop and name the step and scenes
+            totals.append(out.pts3d_global[b].float().sum() * float("nan"))
+            continue
+        for w in which:
+            rend, img, dep, _ = render_targets(out.gaussians[b], out.pts3d_global[b], sample, w)
+            pred = rend.rgb.clamp(0, 1)
+            l_mse = mse(rend.rgb, img)
+            s = ssim(rend.rgb, img, padding="same")
+            loss = R.mse_weight * l_mse + R.ssim_weight * (1 - s)
+            part = {"render_mse": l_mse.detach(), "render_ssim": s.detach(),
+                    "psnr": (-10 * torch.log10(mse(pred.detach(), img).clamp_min(1e-10)))}
+            if R.depth_weight > 0 and dep is not None and int((dep > 0).sum()) >= 2 * dep.shape[0]:
+                ok = (dep > 0) & (rend.alpha.detach() > 0.5)
+                if all(int(m.sum()) >= 2 for m in ok):
+                    ld = depth_loss(rend.depth, dep, ok, scale_invariant=True)
+                    loss = loss + R.depth_weight * ld
+                    part["render_depth"] = ld.detach()
+            if perc is not None:
+                lp = perc(rend.rgb, img)
+                loss = loss + R.perceptual_weight * lp
+                part["render_perceptual"] = lp.detach()
+            totals.append(loss)
+            for k, v in part.items():
+                acc.setdefault(k, []).append(v)
+    return torch.stack(totals).mean(), {k: torch.stack(v).mean() for k, v in acc.items()}
 
 
 # ============================================================================ checkpoints
@@ -446,7 +631,7 @@ def plot_curves(log_path, png_path=None):
     va = [r for r in recs if r.get("kind") == "val"]
     fig = Figure(figsize=(11, 4))
     ax, ax2 = fig.subplots(1, 2)
-    for key, style in (("loss", "-"), ("pose", "--"), ("geometry", ":")):
+    for key, style in (("loss", "-"), ("pose", "--"), ("geometry", ":"), ("render", "-.")):
         pts = [(r["step"], r[key]) for r in tr if key in r]
         if pts:
             ax.plot(*zip(*pts), style, label=f"train {key}")
@@ -458,13 +643,13 @@ def plot_curves(log_path, png_path=None):
     if tr and min(r["loss"] for r in tr) > 0:
         ax.set_yscale("log")
     ax.legend(fontsize=8)
-    for key in ("RRA@15", "RTA@15", "AUC@30"):
+    for key in ("RRA@15", "RTA@15", "AUC@30", "psnr"):
         pts = [(r["step"], r[key] * (100 if key.startswith("AUC") else 1)) for r in va if key in r]
         if pts:
-            ax2.plot(*zip(*pts), "o-", label=key + (" x100" if key.startswith("AUC") else " %"))
+            ax2.plot(*zip(*pts), "o-", label={"AUC@30": "AUC@30 x100", "psnr": "target PSNR dB"}.get(key, key + " %"))
     ax2.set_xlabel("step")
     ax2.set_ylim(0, 100)
-    ax2.set_title("validation pose accuracy")
+    ax2.set_title("validation: pose accuracy" + (", novel views" if any("psnr" in r for r in va) else ""))
     if va:
         ax2.legend(fontsize=8)
     fig.tight_layout()
@@ -493,7 +678,8 @@ def evaluate(model, dataset, cfg: TrainConfig, device="cpu", amp_dtype=None) -> 
     """Validation: mean loss (no pose noise) and pose accuracy of the refined pose (last stage-2
     iteration) over ``dataset`` (scenes), one scene at a time. Returns ``{"loss", "pose",
     "geometry", "RRA@5", "RRA@15", "RTA@15", "AUC@30", "n_scenes"}`` (percent / [0, 1] as
-    :func:`flare_nb.metrics.pose_metrics`)."""
+    :func:`flare_nb.metrics.pose_metrics`); in stage 2 also ``render``, ``psnr`` (dB) and
+    ``render_ssim`` of the held-out target views."""
     from flare_nb.metrics import pose_metrics
 
     was_training = model.training
@@ -502,13 +688,14 @@ def evaluate(model, dataset, cfg: TrainConfig, device="cpu", amp_dtype=None) -> 
     try:
         for i in range(len(dataset)):
             b = _collate([_as_sample(dataset[i], f"validation item {i}", cfg.data.n_views,
-                                     _generator(cfg.seed, 0, i, 5))], [i], [0])
+                                     _generator(cfg.seed, 0, i, 5), _n_targets(cfg))], [i], [0])
             images = b["images"].to(device) * 2 - 1
             with _autocast(torch.device(device), amp_dtype):
-                out = model(images)
+                out = model(images, **_model_inputs(model, b, device))
             loss, parts = compute_losses(out, b_to(b, device), cfg)
             pm = pose_metrics(_c2w_from_encoding(out.pose_enc_stage2[-1][0]).cpu(), b["c2w"][0])
-            vals = {"loss": float(loss.detach()), **{k: float(v) for k, v in parts.items() if k in ("pose", "geometry")},
+            keep = ("pose", "geometry", "render", "psnr", "render_ssim")
+            vals = {"loss": float(loss.detach()), **{k: float(v) for k, v in parts.items() if k in keep},
                     **{k: pm[k] for k in ("RRA@5", "RRA@15", "RTA@15", "AUC@30")}}
             src = b["source"][0]
             if src.startswith("synthetic:"):          # per-mode pose accuracy (orbit is the hard one)
@@ -521,6 +708,12 @@ def evaluate(model, dataset, cfg: TrainConfig, device="cpu", amp_dtype=None) -> 
     res = {k: float(np.mean(v)) for k, v in acc.items()}
     res["n_scenes"] = len(dataset)
     return res
+
+
+def _model_inputs(model, batch: dict, device) -> dict:
+    """Extra forward arguments: the NVS model takes the context intrinsics ``K (B, V, 3, 3)``."""
+    m = model.module if hasattr(model, "module") else model
+    return {"intrinsics": batch["K"].to(device)} if m.cfg.kind == "nvs" else {}
 
 
 def b_to(batch: dict, device) -> dict:
@@ -567,11 +760,6 @@ def train(cfg: TrainConfig, dataset=None, val_dataset=None, stop_at: int | None 
 
     cfg = TrainConfig.from_dict(cfg.to_dict()).validate() if isinstance(cfg, TrainConfig) else \
         TrainConfig.from_dict(cfg).validate()
-    if cfg.stage == 2:
-        raise NotImplementedError(
-            "cascade stage 2 trains the Gaussian head with a rendering loss and the coarse pose predictor "
-            "frozen (frozen_prefixes); the trainer has no rendering loss yet, and the geometry FlareModel it "
-            "trains has no Gaussian head (that is the separate NVS model, kind 'nvs'); train with stage: 1")
     world, rank, local = _dist_env()
     created_pg = False
     if world > 1 and not (dist.is_available() and dist.is_initialized()):
@@ -659,7 +847,9 @@ def _train(cfg, dataset, val_dataset, stop_at, callback, world, rank, local, res
                              "restore the config or start a new run.out_dir")
     # ------------------------------------------------------------ model, optimizer
     torch.manual_seed(cfg.seed)
-    model = build_model(cfg).to(device)
+    model = build_model(cfg)
+    init_note = init_weights(model, cfg.init_from) if (cfg.init_from and ck is None) else None
+    model = model.to(device)
     model.train()
     trained, skipped = select_trainable(model, cfg, device)
     opt, sched = make_optimizer(model, cfg)
@@ -683,6 +873,8 @@ def _train(cfg, dataset, val_dataset, stop_at, callback, world, rank, local, res
         import yaml
 
         (out_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        if init_note:
+            say(init_note)
         if start == 0:
             say(f"training {sum(model.get_parameter(n).numel() for n in trained):,} parameters "
                 f"({len(skipped)} tensors not trained: {_summarise(skipped)}) on {device}"
@@ -718,7 +910,8 @@ def _train(cfg, dataset, val_dataset, stop_at, callback, world, rank, local, res
             history.append(rec)
             _append_log(out_dir / LOG_NAME, rec)
             say(f"step {step}: val loss {last_val['loss']:.4f}  RRA@15 {last_val['RRA@15']:.1f}%  "
-                f"RTA@15 {last_val['RTA@15']:.1f}%  AUC@30 {last_val['AUC@30']:.3f}")
+                f"RTA@15 {last_val['RTA@15']:.1f}%  AUC@30 {last_val['AUC@30']:.3f}"
+                + (f"  PSNR {last_val['psnr']:.2f} dB" if "psnr" in last_val else ""))
             if callback is not None:
                 callback(rec)
         if ddp:
@@ -738,7 +931,7 @@ def _train(cfg, dataset, val_dataset, stop_at, callback, world, rank, local, res
     try:
         for step, batch in zip(range(start, end), loader):
             images = batch["images"].to(device) * 2 - 1
-            kw = {}
+            kw = _model_inputs(model, batch, device)
             if takes_noise:
                 hook = pose_noise_hook(cfg, step, batch["slot"])
                 if hook is not None:

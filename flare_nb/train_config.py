@@ -3,13 +3,14 @@
 A run is described by one YAML file (``configs/tiny_synthetic.yaml`` is the shipped example)
 with these sections; every key is optional and defaults to the value below::
 
-    model: tiny                 # tiny | official_geometry (flare_nb.config; the geometry model)
+    model: tiny                 # stage 1: tiny | official_geometry; stage 2: tiny_nvs | official_nvs
     model_overrides: {}         # FlareConfig fields to change, e.g. {dec_depth: 6}
     seed: 0                     # model init, data order, pose noise
     steps: 2000                 # optimizer steps (the cosine schedule ends here)
     batch_size: 4               # GLOBAL batch (scenes per step, summed over processes)
     stage: 1                    # cascade stage: 1 = pose + geometry; 2 = + Gaussian head, coarse pose frozen
     freeze_encoder: false       # the released model keeps its (pretrained) encoder frozen
+    init_from: null             # stage 2: the stage-1 checkpoint whose shared weights start the NVS model
     data:    {kind: synthetic, n_views: 4, size: [128, 128], modes: [orbit, forward],
               train_seeds: [0, 1000000], val_seeds: [1000000, 1000016], n_objects: null}
     optim:   {lr: 3.0e-4, weight_decay: 1.0e-5, betas: [0.9, 0.95], warmup_steps: 100,
@@ -17,6 +18,8 @@ with these sections; every key is optional and defaults to the value below::
     loss:    {pose_weight: 5.0, pose_gamma: 0.8, pose_kind: l1, geometry_weight: 1.0,
               w_cam: 0.5, w_global: 1.0, conf_alpha: 0.2}
     pose_noise: {prob: 0.6, stage2_deg: 7.5, stage3_deg: 5.0, trans_std: 0.05}
+    render:  {n_targets: 2, render_context: false, mse_weight: 1.0, ssim_weight: 0.2,
+              depth_weight: 0.05, perceptual_weight: 0.0, vgg_weights: null}   # stage 2 only
     run:     {out_dir: runs/train, device: auto, amp: auto, log_every: 10, val_every: 200,
               ckpt_every: 200, resume: auto, progress: true, num_workers: 0, threads: 0}
 
@@ -28,6 +31,10 @@ Seeds are half-open ranges ``[start, stop)`` or explicit lists. ``data.kind: sce
 on posed scenes loaded from ``data.paths`` (any format :func:`flare_nb.scenes.load_scene`
 reads, resized to ``data.size``); a dataset object can also be passed to
 :func:`flare_nb.train.train` directly.
+Cascade stage 2 (``stage: 2``) trains the NVS model (``model: tiny_nvs``): each sample holds
+``data.n_views`` context views plus ``render.n_targets`` held-out target views (interior
+views of the sequence); the Gaussians predicted from the context are rendered into the
+targets' ground-truth cameras and compared with the target images (:mod:`flare_nb.render_losses`).
 """
 from __future__ import annotations
 
@@ -35,7 +42,7 @@ import dataclasses
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-__all__ = ["DataConfig", "OptimConfig", "LossConfig", "PoseNoiseConfig", "RunConfig", "TrainConfig",
+__all__ = ["DataConfig", "OptimConfig", "LossConfig", "PoseNoiseConfig", "RenderConfig", "RunConfig", "TrainConfig",
            "load_config", "config_diff", "parse_override"]
 
 
@@ -48,6 +55,7 @@ class DataConfig:
     train_seeds: list = field(default_factory=lambda: [0, 1_000_000])
     val_seeds: list = field(default_factory=lambda: [1_000_000, 1_000_016])
     n_objects: int | None = None
+    orbit_arc: list = field(default_factory=lambda: [40.0, 200.0])   # degrees, first -> last orbit view
     paths: list = field(default_factory=list)      # kind: scenes -- scene folders / transforms.json
     val_paths: list = field(default_factory=list)
 
@@ -82,6 +90,21 @@ class PoseNoiseConfig:
 
 
 @dataclass
+class RenderConfig:
+    """Stage 2's rendering loss: ``mse_weight * MSE + ssim_weight * (1 - SSIM) + perceptual_weight *
+    VGG + depth_weight * depth`` on the rendered target views (context views too with
+    ``render_context``). The depth term compares the rendered depth with the data's depth after a
+    per-image least-squares scale and shift (the paper used a monocular depth network's output)."""
+    n_targets: int = 2                 # held-out target views per sample (besides data.n_views)
+    render_context: bool = False       # also render the context views themselves
+    mse_weight: float = 1.0
+    ssim_weight: float = 0.2
+    depth_weight: float = 0.05
+    perceptual_weight: float = 0.0     # needs vgg_weights (a local VGG16 state dict; no download)
+    vgg_weights: str | None = None
+
+
+@dataclass
 class RunConfig:
     out_dir: str = "runs/train"
     device: str = "auto"               # auto | cpu | cuda | cuda:N
@@ -104,10 +127,12 @@ class TrainConfig:
     batch_size: int = 4
     stage: int = 1
     freeze_encoder: bool = False
+    init_from: str | None = None
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     pose_noise: PoseNoiseConfig = field(default_factory=PoseNoiseConfig)
+    render: RenderConfig = field(default_factory=RenderConfig)
     run: RunConfig = field(default_factory=RunConfig)
 
     # ------------------------------------------------------------------ construction
@@ -140,6 +165,24 @@ class TrainConfig:
         need(_is_int(self.steps) and self.steps >= 1, "steps", "a positive int")
         need(_is_int(self.batch_size) and self.batch_size >= 1, "batch_size", "a positive int")
         need(self.stage in (1, 2), "stage", "1 (pose + geometry) or 2 (+ Gaussian head)")
+        kind = MODEL_CONFIGS[self.model]
+        need(self.stage == 2 or kind == "geometry", "model",
+             f"a geometry model ({sorted(k for k, v in MODEL_CONFIGS.items() if v == 'geometry')}) for "
+             "stage 1; the NVS models are trained in stage 2 (set stage: 2)")
+        need(self.stage == 1 or kind == "nvs", "model",
+             f"an NVS model ({sorted(k for k, v in MODEL_CONFIGS.items() if v == 'nvs')}) for stage 2, which "
+             "adds the Gaussian head (start it from a stage-1 run with init_from)")
+        need(self.init_from is None or isinstance(self.init_from, str), "init_from", "null or a checkpoint path")
+        rd = self.render
+        need(_is_int(rd.n_targets) and rd.n_targets >= 0, "render.n_targets", "a non-negative int")
+        for name in ("mse_weight", "ssim_weight", "depth_weight", "perceptual_weight"):
+            v = getattr(rd, name)
+            need(isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0, f"render.{name}",
+                 "a non-negative number")
+        need(rd.perceptual_weight == 0 or bool(rd.vgg_weights), "render.vgg_weights",
+             "a local VGG16 weights file when render.perceptual_weight > 0 (nothing is downloaded)")
+        need(self.stage == 1 or rd.n_targets > 0 or rd.render_context, "render.n_targets",
+             "at least 1 target view (or render.render_context: true) in stage 2, else nothing is rendered")
         d = self.data
         need(d.kind in ("synthetic", "scenes"), "data.kind", "'synthetic' or 'scenes'")
         need(_is_int(d.n_views) and d.n_views >= 2, "data.n_views",
@@ -150,6 +193,11 @@ class TrainConfig:
             raise ValueError(f"config field data.size: {e}") from None
         need(isinstance(d.modes, (list, tuple)) and len(d.modes) > 0 and all(m in MODES for m in d.modes),
              "data.modes", f"a non-empty list drawn from {list(MODES)}")
+        try:
+            from flare_nb.synthetic import check_orbit_arc
+            check_orbit_arc(d.orbit_arc)
+        except ValueError as e:
+            raise ValueError(f"config field data.orbit_arc: {e}") from None
         for name in ("train_seeds", "val_seeds"):
             seeds = getattr(d, name)
             need(isinstance(seeds, (list, tuple)) and all(_is_int(s) and s >= 0 for s in seeds), f"data.{name}",
@@ -169,7 +217,8 @@ class TrainConfig:
         need(L.pose_kind in ("l1", "huber"), "loss.pose_kind", "'l1' or 'huber'")
         need(L.pose_weight >= 0 and L.geometry_weight >= 0, "loss.pose_weight",
              "non-negative weights (loss.pose_weight, loss.geometry_weight)")
-        need(L.pose_weight > 0 or L.geometry_weight > 0, "loss.pose_weight", "at least one positive loss weight")
+        need(L.pose_weight > 0 or L.geometry_weight > 0 or (self.stage == 2 and self.render.mse_weight > 0),
+             "loss.pose_weight", "at least one positive loss weight")
         n = self.pose_noise
         need(0 <= n.prob <= 1, "pose_noise.prob", "a probability in [0, 1]")
         need(n.stage2_deg >= 0 and n.stage3_deg >= 0 and n.trans_std >= 0, "pose_noise.stage2_deg",
@@ -185,8 +234,9 @@ class TrainConfig:
         return self
 
 
-# Model presets by name (functions of flare_nb.config): the geometry model, which stage 1 trains.
-MODEL_CONFIGS = {"tiny": "tiny", "official_geometry": "official_geometry"}
+# Model presets by name (functions of flare_nb.config) -> their kind: stage 1 trains the geometry
+# model, stage 2 the NVS model (geometry + Gaussian head).
+MODEL_CONFIGS = {"tiny": "geometry", "official_geometry": "geometry", "tiny_nvs": "nvs", "official_nvs": "nvs"}
 
 #: Top-level sections that only say how a run executes; they may change on resume.
 RUNTIME_SECTIONS = ("run",)
@@ -293,7 +343,7 @@ def _build(cls, d: dict, where: str):
 
 _SECTIONS = {(TrainConfig, "data"): DataConfig, (TrainConfig, "optim"): OptimConfig,
              (TrainConfig, "loss"): LossConfig, (TrainConfig, "pose_noise"): PoseNoiseConfig,
-             (TrainConfig, "run"): RunConfig}
+             (TrainConfig, "render"): RenderConfig, (TrainConfig, "run"): RunConfig}
 
 
 def _set_dotted(d: dict, key: str, value) -> None:

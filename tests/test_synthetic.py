@@ -1,5 +1,7 @@
 """Tests of flare_nb.synthetic: determinism, shapes, errors, exact geometry, textures."""
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -309,3 +311,23 @@ def test_room_faces_face_inwards_and_are_lit():
     for part in layout["parts"][:6]:
         n = part.normals(np.zeros((1, 3), np.float32))[0]
         assert n @ (inside - part.t) > 0
+
+
+def test_orbit_arc_sets_the_camera_spread():
+    from flare_nb.synthetic import ORBIT_ARC, check_orbit_arc
+
+    def spread(arc):
+        s = make_scene(11, 4, 64, "orbit", orbit_arc=arc)
+        c = s.c2w[:, :3, 3].double()
+        centre = c.mean(0)
+        a = torch.atan2(c[:, 1] - centre[1], c[:, 0] - centre[0])
+        return math.degrees(float(torch.remainder(a[-1] - a[0], 2 * math.pi)))
+
+    default = make_scene(11, 4, 64, "orbit")
+    assert torch.equal(default.images, make_scene(11, 4, 64, "orbit", orbit_arc=ORBIT_ARC).images)
+    assert spread((10, 10)) < spread((150, 150))
+    narrow = make_scene(11, 4, 64, "orbit", orbit_arc=(20, 30))
+    assert not torch.equal(narrow.c2w, default.c2w)
+    for bad in [(50, 10), (-5, 10), (10, 400), "wide", (1,)]:
+        with pytest.raises(ValueError, match="orbit_arc"):
+            check_orbit_arc(bad)
