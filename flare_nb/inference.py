@@ -149,8 +149,11 @@ class Reconstruction:
     * ``c2w_pnp (V, 4, 4)``: camera-to-world from PnP on the global pointmaps (view 0's
       frame, pointmap units; view 0 ~ identity), None when skipped or impossible;
       ``pnp_info`` ``{"n_points": [...], "n_inliers": [...]}``.
-    * ``pts3d_cam (V, H, W, 3)``, ``conf_cam (V, H, W)``: each view in its own camera frame;
-      ``pts3d_global``, ``conf_global``: all views in view 0's camera frame.
+    * ``pts3d_cam (V, H, W, 3)``, ``conf_cam (V, H, W)``: each view in its own camera frame
+      (None for the NVS model, which has no camera-centric head); ``pts3d_global``,
+      ``conf_global``: all views in view 0's camera frame.
+    * ``gaussians``: NVS model only (else None): the Gaussian set of
+      :func:`flare_nb.gaussian_head.activate_gaussians` (view 0's frame), float32 CPU tensors.
     * ``timings``: seconds per stage (``preprocess``, ``encoder``, ``stage1_coarse_pose``,
       ``stage2_camera_centric``, ``stage3_global`` (each stage's DPT head included),
       ``forward``, ``focal``, ``pnp``).
@@ -167,8 +170,8 @@ class Reconstruction:
     K: torch.Tensor | None
     c2w_pnp: torch.Tensor | None
     pnp_info: dict | None
-    pts3d_cam: torch.Tensor
-    conf_cam: torch.Tensor
+    pts3d_cam: torch.Tensor | None
+    conf_cam: torch.Tensor | None
     pts3d_global: torch.Tensor
     conf_global: torch.Tensor
     timings: dict
@@ -177,6 +180,7 @@ class Reconstruction:
     weights_label: str
     info: list | None = None
     notes: list = field(default_factory=list)
+    gaussians: dict | None = None
 
     @property
     def n_views(self) -> int:
@@ -327,7 +331,7 @@ def _stage_timer(model, timings: dict, sync):
 # ----------------------------------------------------------------------------- reconstruct
 @torch.no_grad()
 def reconstruct(model: FlareModel, images, size=None, device="auto", pnp: bool = True,
-                pnp_iterations: int = 10_000, seed: int = 0) -> Reconstruction:
+                pnp_iterations: int = 10_000, seed: int = 0, intrinsics=None) -> Reconstruction:
     """Run FLARE's cascade on ``V >= 2`` views; view 0 is the reference frame.
 
     Args:
@@ -342,6 +346,8 @@ def reconstruct(model: FlareModel, images, size=None, device="auto", pnp: bool =
         pnp: also solve the demo's PnP cameras (``pnp_iterations`` RANSAC iterations, 10 000 as
             released; fewer is faster on random weights where RANSAC never stops early).
         seed: OpenCV's RANSAC seed.
+        intrinsics: the NVS model only (required there, as in the release): ``(V, 3, 3)`` K or
+            ``(V, 4)`` ``[fx, fy, cx, cy]`` in pixels of the model input (after ``size``).
 
     Raises ValueError for: one image, views of different sizes, a size that is not a multiple
     of 64, images in [-1, 1] (already normalised) or 0-255, non-float tensors. Notebook 02.
@@ -356,6 +362,15 @@ def reconstruct(model: FlareModel, images, size=None, device="auto", pnp: bool =
     from .preprocess import to_model_input
 
     x = to_model_input(x01)[None].to(dev, pdtype)
+    kw = {}
+    if model.cfg.kind == "nvs":
+        if intrinsics is None:
+            raise ValueError("the NVS model takes the intrinsics of the input views: pass intrinsics=(V, 3, 3) K "
+                             f"in pixels of the {W}x{H} model input (or use the geometry model, which needs none)")
+        intr = torch.as_tensor(intrinsics, dtype=torch.float32)
+        if intr.shape not in ((V, 3, 3), (V, 4)):
+            raise ValueError(f"intrinsics must be (V, 3, 3) or (V, 4) for V = {V} views, got {tuple(intr.shape)}")
+        kw["intrinsics"] = intr[None].to(dev)
     amp = autocast_dtype(dev)
     sync = (lambda: torch.cuda.synchronize(dev)) if dev.type == "cuda" else (lambda: None)
     timings = {"preprocess": t_pre}
@@ -363,12 +378,17 @@ def reconstruct(model: FlareModel, images, size=None, device="auto", pnp: bool =
     sync()
     t0 = time.perf_counter()
     with _stage_timer(model, timings, sync), ctx:
-        out = model(x)
+        out = model(x, **kw)
     sync()
     timings["forward"] = time.perf_counter() - t0
 
     f32 = lambda t: t[0].detach().to("cpu", torch.float32)  # noqa: E731  drop the batch axis
-    pts_cam, conf_cam = f32(out.pts3d_cam), f32(out.conf_cam)
+    pts_cam = f32(out.pts3d_cam) if out.pts3d_cam is not None else None
+    conf_cam = f32(out.conf_cam) if out.conf_cam is not None else None
+    gaussians = None
+    if out.gaussians is not None:
+        gaussians = {k: (v.detach().to("cpu", torch.float32) if isinstance(v, torch.Tensor) else v)
+                     for k, v in out.gaussians[0].items()}
     pts_glob, conf_glob = f32(out.pts3d_global), f32(out.conf_global)
     enc1 = out.pose_enc_stage1[:, 0].detach().to("cpu", torch.float32)
     enc2 = out.pose_enc_stage2[:, 0].detach().to("cpu", torch.float32)
@@ -400,4 +420,5 @@ def reconstruct(model: FlareModel, images, size=None, device="auto", pnp: bool =
         focal=focal, K=K, c2w_pnp=c2w_pnp, pnp_info=pnp_info, pts3d_cam=pts_cam, conf_cam=conf_cam,
         pts3d_global=pts_glob, conf_global=conf_glob, timings=timings, device=str(dev),
         autocast="bf16" if amp is not None else "none",
-        weights_label=getattr(model, "weights_label", "weights of unknown origin"), info=info, notes=notes)
+        weights_label=getattr(model, "weights_label", "weights of unknown origin"), info=info, notes=notes,
+        gaussians=gaussians)

@@ -253,3 +253,21 @@ def test_missing_focal_is_reported(images):
         rec.poses("pnp")
     with pytest.raises(ValueError, match="which"):
         rec.poses("best")
+
+
+def test_reconstruct_with_the_nvs_model_needs_intrinsics_and_returns_gaussians():
+    from flare_nb import config as mc
+    from flare_nb.inference import load_model, reconstruct
+    from flare_nb.synthetic import make_scene
+
+    torch.set_num_threads(1)
+    model = load_model("", config=mc.tiny_nvs(), device="cpu")
+    scene = make_scene(1_000_002, 2, 64, "forward")
+    with pytest.raises(ValueError, match="intrinsics"):
+        reconstruct(model, scene.images, device="cpu", pnp=False)
+    with pytest.raises(ValueError, match=r"\(V, 3, 3\) or \(V, 4\)"):
+        reconstruct(model, scene.images, device="cpu", pnp=False, intrinsics=scene.K[:1])
+    rec = reconstruct(model, scene.images, device="cpu", pnp=False, intrinsics=scene.K)
+    assert rec.pts3d_cam is None and rec.conf_cam is None
+    assert rec.gaussians["means"].shape == (2 * 64 * 64, 3)
+    assert torch.equal(rec.gaussians["means"], rec.pts3d_global.reshape(-1, 3))
