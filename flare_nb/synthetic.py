@@ -632,11 +632,17 @@ class SyntheticDataset(torch.utils.data.Dataset):
         return len(self.seeds)
 
     def __getitem__(self, i: int) -> Scene:
+        return self.scene(i)
+
+    def scene(self, i: int, orbit_arc=None) -> Scene:
+        """Item ``i``, optionally with another orbit spread (a training curriculum,
+        ``data.orbit_arc_start`` in :mod:`flare_nb.train_config`); same layout and textures."""
         if not -len(self) <= i < len(self):
             raise IndexError(f"SyntheticDataset index {i} out of range for {len(self)} scenes")
         i = i % len(self)
         return make_scene(self.seeds[i], self.n_views, self.size, self.modes[i % len(self.modes)],
-                          n_objects=self.n_objects, n_threads=self.n_threads, orbit_arc=self.orbit_arc)
+                          n_objects=self.n_objects, n_threads=self.n_threads,
+                          orbit_arc=self.orbit_arc if orbit_arc is None else orbit_arc)
 
 
 def collate_scenes(scenes: Sequence[Scene]) -> dict:

@@ -61,7 +61,7 @@ __all__ = ["train", "TrainResult", "build_model", "make_datasets", "compute_loss
            "pose_noise_hook", "lr_factor", "frozen_prefixes", "select_trainable", "make_optimizer",
            "save_checkpoint", "load_checkpoint", "load_trained_model", "evaluate", "plot_curves",
            "read_log", "launch_ddp", "main", "CHECKPOINT_NAME", "NonFiniteLossError", "init_weights",
-           "split_context_target", "cameras_in_prediction_frame", "render_targets"]
+           "split_context_target", "cameras_in_prediction_frame", "render_targets", "orbit_arc_at"]
 
 CHECKPOINT_NAME = "checkpoint.pt"
 LOG_NAME = "log.jsonl"
@@ -339,6 +339,18 @@ def _as_sample(item, where: str, n_views: int, gen: torch.Generator, n_targets: 
     return out
 
 
+def orbit_arc_at(cfg: TrainConfig, step: int) -> tuple[float, float] | None:
+    """The synthetic orbit spread of training step ``step`` under the curriculum
+    (``data.orbit_arc_start`` -> ``data.orbit_arc`` linearly over ``data.curriculum_steps``),
+    or None without one (the dataset's own ``orbit_arc``). Depends on the step only, so resuming
+    and any number of processes see the same scenes."""
+    d = cfg.data
+    if not d.curriculum_steps or d.orbit_arc_start is None:
+        return None
+    f = min(1.0, step / d.curriculum_steps)
+    return tuple(float(a + f * (b - a)) for a, b in zip(d.orbit_arc_start, d.orbit_arc))
+
+
 class _StepBatches(torch.utils.data.Dataset):
     """Map-style dataset over steps: item ``step`` is this process's part of global batch ``step``.
 
@@ -364,11 +376,13 @@ class _StepBatches(torch.utils.data.Dataset):
 
     def __getitem__(self, step: int) -> dict:
         B = self.cfg.batch_size
+        arc = orbit_arc_at(self.cfg, step) if hasattr(self.dataset, "scene") else None
         samples, ids = [], []
         for s in self.slots:
             i = self.index(step * B + s)
             ids.append(i)
-            samples.append(_as_sample(self.dataset[i], f"training dataset item {i}", self.cfg.data.n_views,
+            item = self.dataset.scene(i, orbit_arc=arc) if arc is not None else self.dataset[i]
+            samples.append(_as_sample(item, f"training dataset item {i}", self.cfg.data.n_views,
                                       _generator(self.cfg.seed, step, s, 7), _n_targets(self.cfg)))
         return _collate(samples, ids, self.slots)
 

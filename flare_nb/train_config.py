@@ -56,6 +56,8 @@ class DataConfig:
     val_seeds: list = field(default_factory=lambda: [1_000_000, 1_000_016])
     n_objects: int | None = None
     orbit_arc: list = field(default_factory=lambda: [40.0, 200.0])   # degrees, first -> last orbit view
+    orbit_arc_start: list | None = None   # curriculum: the arc range at step 0, widened linearly ...
+    curriculum_steps: int = 0             # ... to orbit_arc over this many steps (0 = no curriculum)
     paths: list = field(default_factory=list)      # kind: scenes -- scene folders / transforms.json
     val_paths: list = field(default_factory=list)
 
@@ -198,6 +200,14 @@ class TrainConfig:
             check_orbit_arc(d.orbit_arc)
         except ValueError as e:
             raise ValueError(f"config field data.orbit_arc: {e}") from None
+        if d.orbit_arc_start is not None:
+            try:
+                check_orbit_arc(d.orbit_arc_start)
+            except ValueError as e:
+                raise ValueError(f"config field data.orbit_arc_start: {e}") from None
+        need(_is_int(d.curriculum_steps) and d.curriculum_steps >= 0, "data.curriculum_steps", "a non-negative int")
+        need(d.curriculum_steps == 0 or d.orbit_arc_start is not None, "data.orbit_arc_start",
+             "an arc range [lo, hi] when data.curriculum_steps > 0")
         for name in ("train_seeds", "val_seeds"):
             seeds = getattr(d, name)
             need(isinstance(seeds, (list, tuple)) and all(_is_int(s) and s >= 0 for s in seeds), f"data.{name}",

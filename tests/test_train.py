@@ -240,3 +240,21 @@ def test_model_pose_noise_hook_feeds_stages_2_and_3_only():
     assert torch.equal(noisy.pose_enc_stage1, ref.pose_enc_stage1)          # stage 1 is upstream of the noise
     assert not torch.allclose(noisy.pts3d_cam, ref.pts3d_cam)               # stage 2 sees the noisy pose
     assert not torch.allclose(noisy.pts3d_global, ref.pts3d_global)
+
+
+def test_orbit_curriculum_widens_the_arc_with_the_step(tmp_path):
+    from flare_nb.synthetic import make_scene
+    from flare_nb.train import _StepBatches, make_datasets, orbit_arc_at
+
+    cfg = small_cfg(tmp_path, **{"data.orbit_arc_start": [10, 30], "data.curriculum_steps": 100,
+                                 "data.modes": ["orbit"], "batch_size": 1})
+    assert orbit_arc_at(cfg, 0) == (10.0, 30.0) and orbit_arc_at(cfg, 50) == (25.0, 115.0)
+    assert orbit_arc_at(cfg, 100) == orbit_arc_at(cfg, 10_000) == (40.0, 200.0)
+    assert orbit_arc_at(small_cfg(tmp_path), 0) is None
+    train_ds, _ = make_datasets(cfg)
+    batches = _StepBatches(train_ds, cfg, [0])
+    seed = train_ds.seeds[batches.index(0)]
+    want = make_scene(seed, 2, 64, "orbit", orbit_arc=(10, 30))
+    assert torch.equal(batches[0]["c2w"][0], want.c2w)
+    with pytest.raises(ValueError, match="orbit_arc_start"):
+        small_cfg(tmp_path, **{"data.curriculum_steps": 10})
