@@ -141,3 +141,19 @@ def test_stage2_bad_configs_are_named(tmp_path, stage1_ckpt):
     model = build_model(cfg_of(tmp_path, **stage2_kw()))
     note = init_weights(model, stage1_ckpt)
     assert "downstream_head4" in note and "downstream_head1" in note
+
+
+def test_stage2_interrupted_run_resumes_bit_identically(tmp_path, stage1_ckpt):
+    kw = dict(steps=4, init_from=str(stage1_ckpt), **stage2_kw())
+    full = train(cfg_of(tmp_path / "full", **kw))
+    cfg = cfg_of(tmp_path / "cut", **kw)
+
+    def interrupt(rec):
+        if rec["kind"] == "train" and rec["step"] == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, callback=interrupt)
+    resumed = train(cfg)          # resumes from the checkpoint, not from init_from
+    a, b = full.model.state_dict(), resumed.model.state_dict()
+    assert resumed.step == 4 and all(torch.equal(a[k], b[k]) for k in a)
