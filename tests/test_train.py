@@ -258,3 +258,41 @@ def test_orbit_curriculum_widens_the_arc_with_the_step(tmp_path):
     assert torch.equal(batches[0]["c2w"][0], want.c2w)
     with pytest.raises(ValueError, match="orbit_arc_start"):
         small_cfg(tmp_path, **{"data.curriculum_steps": 10})
+
+
+def test_ddp_workers_die_with_their_launcher(tmp_path):
+    """Killing the process that ran launch_ddp (`kill` of a background `--nproc 2` run) must not
+    leave its worker processes training on as orphans."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import yaml
+
+    cfg = small_cfg(tmp_path / "run", steps=100000, **{"run.log_every": 1})
+    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(cfg.to_dict()))
+    # started from a shell in the background, as a user would (nohup ... &)
+    cmd = (f"nohup {sys.executable} -m flare_nb.train --config {tmp_path / 'cfg.yaml'} --nproc 2 "
+           f"> {tmp_path / 'out.log'} 2>&1 & echo $!")
+    pid = int(subprocess.run(["bash", "-c", cmd], cwd=ROOT, capture_output=True, text=True).stdout.split()[0])
+    log = tmp_path / "run" / "log.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (log.exists() and log.stat().st_size > 0):
+        time.sleep(0.5)
+    children = [int(p) for p in subprocess.run(["pgrep", "-P", str(pid)], capture_output=True,
+                                                text=True).stdout.split()]
+    os.kill(pid, signal.SIGTERM)
+    alive = children
+    try:
+        assert log.exists(), "the DDP run did not start"
+        deadline = time.time() + 30
+        while alive and time.time() < deadline:
+            time.sleep(0.5)
+            alive = [c for c in alive if os.path.exists(f"/proc/{c}") and
+                     "Z" not in open(f"/proc/{c}/stat").read().split()[2]]
+        assert children and not alive, (children, alive)
+    finally:
+        for c in alive:
+            os.kill(c, signal.SIGKILL)
