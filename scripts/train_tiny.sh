@@ -12,7 +12,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 NPROC="${NPROC:-2}"
+CONFIG="${CONFIG:-configs/tiny_synthetic.yaml}"   # scripts/train_tiny_nvs.sh sets the stage-2 config
 if [ "$NPROC" -gt 1 ]; then
-  exec python -m flare_nb.train --config configs/tiny_synthetic.yaml --nproc "$NPROC" --set run.threads=1 "$@"
+  exec python -m flare_nb.train --config "$CONFIG" --nproc "$NPROC" --set run.threads=1 "$@"
 fi
-exec python -m flare_nb.train --config configs/tiny_synthetic.yaml "$@"
+exec python -m flare_nb.train --config "$CONFIG" "$@"

@@ -255,12 +255,11 @@ def test_missing_focal_is_reported(images):
         rec.poses("best")
 
 
-def test_reconstruct_with_the_nvs_model_needs_intrinsics_and_returns_gaussians():
+def test_reconstruct_with_the_nvs_model_needs_intrinsics_and_returns_gaussians(one_thread):
     from flare_nb import config as mc
     from flare_nb.inference import load_model, reconstruct
     from flare_nb.synthetic import make_scene
 
-    torch.set_num_threads(1)
     model = load_model("", config=mc.tiny_nvs(), device="cpu")
     scene = make_scene(1_000_002, 2, 64, "forward")
     with pytest.raises(ValueError, match="intrinsics"):

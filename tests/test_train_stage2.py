@@ -29,12 +29,7 @@ def stage2_kw(**kw):
     return {"stage": 2, "model": "tiny_nvs", "render.n_targets": 1, **kw}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")    # tests/conftest.py
 
 
 @pytest.fixture(scope="module")
