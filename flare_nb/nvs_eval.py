@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -127,7 +128,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
     rows = evaluate_novel_views(nvs, geo, held_out_seeds(a.scenes), a.n_views, a.n_targets, tuple(a.size), a.modes)
     cols = ["PSNR", "SSIM"] + (["LPIPS"] if any("LPIPS" in r for r in rows) else []) + ["time_s"]
     table = format_table(rows, columns=cols, group_by=("method", "mode", "n_views", "size"))
-    cmd = "python -m flare_nb.nvs_eval " + " ".join(argv if argv is not None else __import__("sys").argv[1:])
+    cmd = "python -m flare_nb.nvs_eval " + " ".join(argv if argv is not None else sys.argv[1:])
     md = (f"# Novel views: stage 2 (NVS model) against stage-1 pointmap splats\n\n* command: `{cmd.strip()}`\n"
           f"* protocol: flare_nb/nvs_eval.py docstring; {a.scenes} held-out scenes per mode (seeds from 1000000), "
           f"{a.n_views} context + {a.n_targets} target views, PSNR (dB) / SSIM of the target views\n"

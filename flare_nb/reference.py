@@ -26,7 +26,8 @@ from pathlib import Path
 import torch
 
 __all__ = ["DATA_DIR", "load_manifest", "manifest_shapes", "fill_value", "deterministic_fill", "fill_hash",
-           "build_reference_model", "teacher_from_fixture", "compare_array", "ALIASES", "FILL_SHA256"]
+           "build_reference_model", "teacher_from_fixture", "compare_array", "format_comparison", "ALIASES",
+           "FILL_SHA256"]
 
 DATA_DIR = Path(__file__).resolve().parents[1] / "data" / "flare_reference"
 
@@ -181,3 +182,14 @@ def compare_array(name: str, mine, ref) -> dict:
         out["worst"], out["tol"] = out["std_units"], STD_TOLERANCE.get(name, 1e-4)
     out["ok"] = bool(out["worst"] <= out["tol"])
     return out
+
+
+def format_comparison(results: dict) -> str:
+    """One line per array of ``{name: compare_array(...)}``: ok / BAD, worst deviation against its
+    tolerance, the deviation figures and the max abs difference (the parity tests print it)."""
+    lines = []
+    for k, r in results.items():
+        detail = ", ".join(f"{n} {r[n]:.2e}" for n in ("std_units", "rel", "log1p", "dir") if n in r)
+        lines.append(f"  {k:24s} {'ok ' if r['ok'] else 'BAD'} worst {r['worst']:.2e} (tol {r['tol']:.0e}); "
+                     f"{detail}; max abs {r['max_abs']:.2e}")
+    return "\n".join(lines)

@@ -474,7 +474,7 @@ def cameras_in_prediction_frame(c2w_context: torch.Tensor, c2w: torch.Tensor, sc
 
 
 def render_targets(gaussians: dict, pts_global: torch.Tensor, sample: dict, which: str = "target",
-                   backend: str = "auto"):
+                   backend: str = "auto", scale=None):
     """Render one scene's predicted Gaussians into its target (or context) cameras.
 
     ``gaussians``: ``FlareOutput.gaussians[b]`` (view 0's frame, prediction units);
@@ -484,25 +484,25 @@ def render_targets(gaussians: dict, pts_global: torch.Tensor, sample: dict, whic
     frame and scaled by ``s = mean |pred| / mean |gt|`` over the context pixels with depth (the
     normalisation of the geometry loss; detached). Returns ``(render, images, depth, scale)``:
     the :class:`~flare_nb.rasterize.RenderOutput` (``rgb (T, 3, H, W)``, ``depth``, ``alpha``),
-    the ground-truth images ``(T, 3, H, W)`` and depths ``(T, H, W)`` (or None)."""
+    the ground-truth images ``(T, 3, H, W)`` and depths ``(T, H, W)`` (or None). Pass back the
+    returned ``scale`` to render the same scene into other cameras without recomputing it."""
     from flare_nb.cameras import transform_points, unproject_depth
     from flare_nb.losses import mean_distance
     from flare_nb.splats import render_views
 
     c2w_ctx = sample["c2w"].float()
     pre = "target_" if which == "target" else ""
-    depth = sample["depth"]
-    if depth is None:
-        raise ValueError("rendering needs the context depth to fix the prediction's scale (scenes without depth "
-                         "cannot be used in stage 2)")
-    depth = depth.float()
-    valid = depth > 0
-    gt_cam = unproject_depth(depth, sample["K"].float())
-    rel = cameras_in_prediction_frame(c2w_ctx, c2w_ctx, 1.0)
-    gt_v0 = transform_points(rel[:, None], gt_cam)
-    with torch.no_grad():
-        scale = (mean_distance(pts_global.float()[None].detach(), valid[None])
-                 / mean_distance(gt_v0[None], valid[None]))[0]
+    if scale is None:
+        depth = sample["depth"]
+        if depth is None:
+            raise ValueError("rendering needs the context depth to fix the prediction's scale (scenes without "
+                             "depth cannot be used in stage 2)")
+        valid = depth > 0
+        rel = cameras_in_prediction_frame(c2w_ctx, c2w_ctx, 1.0)
+        gt_v0 = transform_points(rel[:, None], unproject_depth(depth.float(), sample["K"].float()))
+        with torch.no_grad():
+            scale = (mean_distance(pts_global.float()[None].detach(), valid[None])
+                     / mean_distance(gt_v0[None], valid[None]))[0]
     cams = cameras_in_prediction_frame(c2w_ctx, sample[pre + "c2w"].float(), scale)
     H, W = sample[pre + "images"].shape[-2:]
     g = {k: (v.float() if isinstance(v, torch.Tensor) else v) for k, v in gaussians.items()}
@@ -538,15 +538,16 @@ def render_loss(out, batch: dict, cfg: TrainConfig) -> tuple[torch.Tensor, dict]
             # a diverged prediction: a NaN loss lets the trainer stop and name the step and scenes
             totals.append(out.pts3d_global[b].float().sum() * float("nan"))
             continue
+        scale = None                    # the scene's prediction scale: computed once, reused for every camera set
         for w in which:
-            rend, img, dep, _ = render_targets(out.gaussians[b], out.pts3d_global[b], sample, w)
+            rend, img, dep, scale = render_targets(out.gaussians[b], out.pts3d_global[b], sample, w, scale=scale)
             pred = rend.rgb.clamp(0, 1)
             l_mse = mse(rend.rgb, img)
             s = ssim(rend.rgb, img, padding="same")
             loss = R.mse_weight * l_mse + R.ssim_weight * (1 - s)
             part = {"render_mse": l_mse.detach(), "render_ssim": s.detach(),
                     "psnr": (-10 * torch.log10(mse(pred.detach(), img).clamp_min(1e-10)))}
-            if R.depth_weight > 0 and dep is not None and int((dep > 0).sum()) >= 2 * dep.shape[0]:
+            if R.depth_weight > 0 and dep is not None:
                 ok = (dep > 0) & (rend.alpha.detach() > 0.5)
                 if all(int(m.sum()) >= 2 for m in ok):
                     ld = depth_loss(rend.depth, dep, ok, scale_invariant=True)

@@ -65,7 +65,11 @@ def _intrinsics(K, hw, V: int) -> tuple[np.ndarray, tuple[int, int]]:
 
 def _cloud(points, colors, max_points: int, seed: int = 0):
     """Flatten ``points (..., 3)`` (and ``colors (..., 3)`` in [0, 1]), drop non-finite
-    points, subsample to ``max_points`` with a fixed seed."""
+    points, subsample to ``max_points`` with a fixed seed. No points: ``(None, None)``."""
+    if points is None:
+        if colors is not None:
+            raise ValueError("colors given without points")
+        return None, None
     P = _np(points, "points")
     if P.shape[-1] != 3:
         raise ValueError(f"points must be (..., 3), got {P.shape}")
@@ -152,11 +156,7 @@ def plot_cameras(c2w, K=None, hw=None, ax=None, points=None, colors=None, scale:
     from mpl_toolkits.mplot3d.art3d import Line3DCollection
 
     T = _poses(c2w)
-    P = C = None
-    if points is not None:
-        P, C = _cloud(points, colors, max_points)
-    elif colors is not None:
-        raise ValueError("colors given without points")
+    P, C = _cloud(points, colors, max_points)
     scale = _auto_scale(T, P) if scale is None else float(scale)
     F = frustum_points(T, K, hw, scale)
     if ax is None:
@@ -198,11 +198,7 @@ def plotly_cameras(c2w, K=None, hw=None, points=None, colors=None, scale: float 
     import plotly.graph_objects as go
 
     T = _poses(c2w)
-    P = C = None
-    if points is not None:
-        P, C = _cloud(points, colors, max_points)
-    elif colors is not None:
-        raise ValueError("colors given without points")
+    P, C = _cloud(points, colors, max_points)
     if names is None:
         names = [f"view {i}" for i in range(len(T))]
     if len(names) != len(T):

@@ -13,19 +13,13 @@ from flare_nb.inference import encode_c2w
 from flare_nb.inspection import (camera_attention, harmonic_sensitivity, patch_embed_by_matmul, patchify,
                                  plot_attention, plot_patch_grid, plot_rope_angles, pose_iteration_errors,
                                  rope_angles, rope_relative_scores, token_grids)
-from flare_nb.model import FlareModel
 from flare_nb.rope import rope_tables
 from flare_nb.widgets import perturb_pose
 
 
 @pytest.fixture(scope="module")
-def model():
-    torch.manual_seed(0)
-    m = FlareModel(tiny()).eval()
-    with torch.no_grad():
-        for p in m.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-    return m
+def model(randomised_tiny_model):       # tests/conftest.py
+    return randomised_tiny_model
 
 
 def test_token_grids():

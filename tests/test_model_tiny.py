@@ -22,14 +22,8 @@ def _images(B, V, H, W, seed=0):
 
 
 @pytest.fixture(scope="module")
-def model():
-    torch.manual_seed(0)
-    m = FlareModel(tiny()).eval()
-    # the zero-initialised released parameters (camera tokens) would hide bugs: randomise all
-    with torch.no_grad():
-        for p in m.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-    return m
+def model(randomised_tiny_model):       # tests/conftest.py
+    return randomised_tiny_model
 
 
 # ----------------------------------------------------------------------------- forward

@@ -61,10 +61,7 @@ def parity(ref):
     results = {k: R.compare_array(k, mine[k], ref[k]) for k in ref if k not in INPUTS}
     print(f"\nparity geometry: build+fill {t_build:.0f} s, forward {t_fwd:.0f} s (CPU, float32, "
           f"{torch.get_num_threads()} threads)")
-    for k, r in results.items():
-        detail = ", ".join(f"{n} {r[n]:.2e}" for n in ("std_units", "rel", "log1p", "dir") if n in r)
-        print(f"  {k:24s} {'ok ' if r['ok'] else 'BAD'} worst {r['worst']:.2e} (tol {r['tol']:.0e}); "
-              f"{detail}; max abs {r['max_abs']:.2e}")
+    print(R.format_comparison(results))
     return {"hash": digest, "results": results, "mine": mine}
 
 
