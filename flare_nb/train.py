@@ -174,16 +174,16 @@ def select_trainable(model, cfg: TrainConfig, device) -> tuple[list[str], list[s
 
 
 def make_optimizer(model, cfg: TrainConfig):
-    """AdamW on the parameters with ``requires_grad`` (weight decay on >= 2-D weights only) and a
-    ``LambdaLR`` of :func:`lr_factor`."""
+    """AdamW (``optim.name: adamw``, the released choice) or plain SGD (``sgd``) on the parameters
+    with ``requires_grad`` (weight decay on >= 2-D weights only) and a ``LambdaLR`` of :func:`lr_factor`."""
     decay, no_decay = [], []
     for n, p in model.named_parameters():
         if p.requires_grad:
             (no_decay if p.ndim <= 1 or n.endswith(".bias") else decay).append(p)
     o = cfg.optim
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": o.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}],
-                            lr=o.lr, betas=tuple(o.betas))
+    groups = [{"params": decay, "weight_decay": o.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    opt = torch.optim.SGD(groups, lr=o.lr) if o.name == "sgd" else \
+        torch.optim.AdamW(groups, lr=o.lr, betas=tuple(o.betas))
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: lr_factor(s, cfg.steps, o.warmup_steps, o.min_lr_ratio))
     return opt, sched

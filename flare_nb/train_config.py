@@ -13,7 +13,7 @@ with these sections; every key is optional and defaults to the value below::
     init_from: null             # stage 2: the stage-1 checkpoint whose shared weights start the NVS model
     data:    {kind: synthetic, n_views: 4, size: [128, 128], modes: [orbit, forward],
               train_seeds: [0, 1000000], val_seeds: [1000000, 1000016], n_objects: null}
-    optim:   {lr: 3.0e-4, weight_decay: 1.0e-5, betas: [0.9, 0.95], warmup_steps: 100,
+    optim:   {name: adamw, lr: 3.0e-4, weight_decay: 1.0e-5, betas: [0.9, 0.95], warmup_steps: 100,
               min_lr_ratio: 0.01, grad_clip: 1.0}
     loss:    {pose_weight: 5.0, pose_gamma: 0.8, pose_kind: l1, geometry_weight: 1.0,
               w_cam: 0.5, w_global: 1.0, conf_alpha: 0.2}
@@ -64,6 +64,8 @@ class DataConfig:
 
 @dataclass
 class OptimConfig:
+    name: str = "adamw"                # adamw (released) | sgd (plain, no momentum: one step moves
+                                       # the weights by exactly lr x gradient; used to check DDP)
     lr: float = 3e-4
     weight_decay: float = 1e-5
     betas: list = field(default_factory=lambda: [0.9, 0.95])
@@ -217,6 +219,7 @@ class TrainConfig:
         else:
             need(len(d.paths) > 0, "data.paths", "at least one scene path when data.kind is 'scenes'")
         o = self.optim
+        need(o.name in ("adamw", "sgd"), "optim.name", "adamw or sgd")
         need(o.lr > 0, "optim.lr", "a positive learning rate")
         need(o.weight_decay >= 0, "optim.weight_decay", "a non-negative number")
         need(len(o.betas) == 2 and all(0 <= b < 1 for b in o.betas), "optim.betas", "two numbers in [0, 1)")
