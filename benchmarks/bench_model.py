@@ -14,7 +14,7 @@ Each case runs in a fresh subprocess, so its peak memory is its own:
 * CUDA memory: ``torch.cuda.max_memory_allocated`` (weights + activations).
 
 Weights: random for tiny; for official_geometry the reference fixtures' deterministic recipe
-filled into a model built on the meta device (``flare_nb.reference.build_reference_model``),
+filled into a model built on the meta device (``flare_nb.model.reference.build_reference_model``),
 which skips the ~5.6 GB of random initialisation. Weights do not change the time.
 """
 from __future__ import annotations
@@ -51,10 +51,10 @@ def worker(case: str, device: str, repeats: int) -> dict:
 
     import torch
 
-    from flare_nb.config import official_geometry, tiny
+    from flare_nb.model.config import official_geometry, tiny
     from flare_nb.device import autocast_dtype, resolve_device
-    from flare_nb.model import FlareModel
-    from flare_nb.reference import build_reference_model
+    from flare_nb.model.flare import FlareModel
+    from flare_nb.model.reference import build_reference_model
 
     c = CASES[case]
     dev = resolve_device(device)

@@ -1,4 +1,4 @@
-"""Speed and memory of ``flare_nb.rasterize`` (backend "torch") beside a dense PyTorch peer.
+"""Speed and memory of ``flare_nb.render.rasterize`` (backend "torch") beside a dense PyTorch peer.
 
 Scene: the garden structure-from-motion points of ``data/gaussians/garden.npz`` cropped to
 [-2, 2]^3, N of them drawn at random (seeded), with random unit quaternions, scales
@@ -33,7 +33,7 @@ from torch.utils.checkpoint import checkpoint
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from flare_nb.rasterize import project_gaussians, rasterize  # noqa: E402
+from flare_nb.render.rasterize import project_gaussians, rasterize  # noqa: E402
 
 GARDEN = ROOT / "data" / "gaussians" / "garden.npz"
 SIZES = [(160, 104), (324, 210), (648, 420)]

@@ -1,4 +1,4 @@
-"""Speed of the synthetic scene generator (flare_nb.synthetic), which feeds training on the fly.
+"""Speed of the synthetic scene generator (flare_nb.scenes.synthetic), which feeds training on the fly.
 
 Prints views/s and scenes/s at 128x128 and 256x256 for both camera modes: in one process
 (open3d ray casting with 1 and 2 threads) and through a DataLoader with 2 worker processes.
@@ -15,7 +15,7 @@ import time
 
 import torch
 
-from flare_nb.synthetic import SyntheticDataset, collate_scenes, make_scene
+from flare_nb.scenes.synthetic import SyntheticDataset, collate_scenes, make_scene
 
 
 def in_process(size, mode, n_scenes, n_views, n_threads):

@@ -27,7 +27,8 @@ import roma
 import torch
 
 __all__ = [
-    "invert_pose", "opengl_to_opencv", "opencv_to_opengl", "quat_to_matrix", "matrix_to_quat",
+    "invert_pose", "opengl_to_opencv", "opencv_to_opengl", "quat_to_matrix", "matrix_to_quat", "quat_multiply",
+    "euler_to_matrix",
     "relative_to_view0", "normalize_translation", "pixel_grid", "unproject_depth",
     "transform_points", "project_points", "umeyama", "align_trajectories", "estimate_focal",
     "intrinsics_from_focal", "pnp_poses", "gsplat_K", "opencv_K",
@@ -112,6 +113,23 @@ def matrix_to_quat(R: torch.Tensor) -> torch.Tensor:
     big = vec.gather(-1, vec.abs().argmax(dim=-1, keepdim=True))
     flip = (w < 0) | ((w.abs() <= 1e-7) & (big < 0))
     return torch.where(flip, -q, q)
+
+
+def quat_multiply(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Hamilton product ``a b`` of (w, x, y, z) quaternions ``(..., 4)``: ``R(a b) = R(a) R(b)``."""
+    w1, x1, y1, z1 = a.unbind(-1)
+    w2, x2, y2, z2 = b.unbind(-1)
+    return torch.stack((w1 * w2 - x1 * x2 - y1 * y2 - z1 * z2, w1 * x2 + x1 * w2 + y1 * z2 - z1 * y2,
+                        w1 * y2 - x1 * z2 + y1 * w2 + z1 * x2, w1 * z2 + x1 * y2 - y1 * x2 + z1 * w2), -1)
+
+
+def euler_to_matrix(rx_deg: float, ry_deg: float, rz_deg: float, dtype=torch.float64) -> torch.Tensor:
+    """``R = Rz @ Ry @ Rx`` (3, 3) from angles in degrees about the x, y and z axes (x applied first)."""
+    a, b, c = (math.radians(float(v)) for v in (rx_deg, ry_deg, rz_deg))
+    Rx = torch.tensor([[1, 0, 0], [0, math.cos(a), -math.sin(a)], [0, math.sin(a), math.cos(a)]], dtype=dtype)
+    Ry = torch.tensor([[math.cos(b), 0, math.sin(b)], [0, 1, 0], [-math.sin(b), 0, math.cos(b)]], dtype=dtype)
+    Rz = torch.tensor([[math.cos(c), -math.sin(c), 0], [math.sin(c), math.cos(c), 0], [0, 0, 1]], dtype=dtype)
+    return Rz @ Ry @ Rx
 
 
 def relative_to_view0(c2w: torch.Tensor) -> torch.Tensor:

@@ -10,8 +10,8 @@ Pipeline (each step timed and printed): collect the photos (non-images and unrea
 skipped with a warning; more than ``--max-views`` are subsampled evenly) -> load the model
 (``flare_nb.inference.load_model``; RANDOM weights are announced loudly) -> memory check
 (:func:`estimate_memory_bytes`) -> preprocess (EXIF orientation, 16-bit / grayscale / RGBA,
-official resize + centre crop, ``flare_nb.preprocess``) -> choose the reference view
-(:mod:`flare_nb.reference_view`) and put it first -> ``flare_nb.inference.reconstruct``
+official resize + centre crop, ``flare_nb.scenes.preprocess``) -> choose the reference view
+(:mod:`flare_nb.scenes.reference_view`) and put it first -> ``flare_nb.inference.reconstruct``
 (pose heads, pointmaps, focal, PnP cameras as the released demo) -> exports
 (:mod:`flare_nb.export`): ``cameras.json``, ``sparse/0/`` (COLMAP text), ``transforms.json``,
 ``points.ply``, ``gaussians.ply``, ``renders/``, ``summary.png``, ``images/``, ``report.md``.
@@ -63,7 +63,7 @@ def _warn(msg: str) -> None:
 # ----------------------------------------------------------------------------- inputs
 def parse_size(text: str) -> tuple[int, int]:
     """``"512x384"`` -> ``(512, 384)`` (W, H), both positive multiples of 64 (``"256"`` = square)."""
-    from .preprocess import check_size
+    from flare_nb.scenes.preprocess import check_size
 
     parts = str(text).lower().replace("*", "x").split("x")
     try:
@@ -92,7 +92,7 @@ def collect_images(inputs, max_views: int = DEFAULT_MAX_VIEWS) -> tuple[list[Pat
     files are not decoded here. Raises FileNotFoundError for a missing path and ValueError
     when fewer than 2 images are found.
     """
-    from .preprocess import IMAGE_EXTENSIONS
+    from flare_nb.scenes.preprocess import IMAGE_EXTENSIONS
 
     if isinstance(max_views, bool) or not isinstance(max_views, int) or max_views < 2:
         raise ValueError(f"--max-views must be an integer >= 2, got {max_views!r}")
@@ -132,7 +132,7 @@ def collect_images(inputs, max_views: int = DEFAULT_MAX_VIEWS) -> tuple[list[Pat
 def _decode_all(paths) -> tuple[list[Path], list[str], list[str]]:
     """Decode every file once; unreadable ones are dropped with a warning. Returns
     ``(good paths, warnings, error messages)``."""
-    from .preprocess import load_image
+    from flare_nb.scenes.preprocess import load_image
 
     good, warns, errors = [], [], []
     for p in paths:
@@ -260,10 +260,11 @@ def run(inputs, out, checkpoint=None, config="tiny", size=None, device="auto", r
     """The whole ``flare-nb reconstruct`` (module docstring); returns a dict with ``files``
     ({name: bytes}), ``timings`` (seconds per stage), ``order`` (input index of each view),
     ``weights_random`` and ``out``. Raises ValueError / FileNotFoundError on bad input."""
-    from . import export, reference_view
-    from .device import resolve_device
-    from .inference import load_model, reconstruct, resolve_config
-    from .preprocess import load_image, load_images, oriented_size
+    from flare_nb import export
+    from flare_nb.scenes import reference_view
+    from flare_nb.device import resolve_device
+    from flare_nb.inference import load_model, reconstruct, resolve_config
+    from flare_nb.scenes.preprocess import load_image, load_images, oriented_size
 
     t_all = time.perf_counter()
     timings: dict[str, float] = {}
@@ -361,7 +362,7 @@ def run(inputs, out, checkpoint=None, config="tiny", size=None, device="auto", r
     focal_source = "view 0's global pointmap (FLARE demo)"
     K = rec.K
     if K is None:
-        from . import cameras as cams
+        from flare_nb import cameras as cams
         try:
             f = cams.estimate_focal(rec.pts3d_cam[0])
             K = cams.intrinsics_from_focal(f, H, W)
@@ -539,7 +540,7 @@ def main(argv=None) -> int:
                   pnp_iterations=args.pnp_iterations, render=not args.no_render)
         kw["size"] = None if args.size is None else parse_size(args.size)
         if args.command == "demo":
-            from . import data_dir
+            from flare_nb import data_dir
 
             room = data_dir() / "real" / "room"
             if not 2 <= args.views <= 8:

@@ -16,12 +16,12 @@ COLMAP text       ``cameras.txt`` (one ``PINHOLE`` camera per image, ``cx, cy`` 
                   :func:`flare_nb.cameras.gsplat_K`), ``images.txt`` (WORLD-TO-CAMERA
                   ``QW QX QY QZ TX TY TZ``, quaternion of ``R_w2c`` with w >= 0, no 2D
                   points), ``points3D.txt`` (the point cloud, empty tracks). Read with
-                  ``pycolmap.Reconstruction(dir)`` / :func:`flare_nb.scenes.load_colmap`
+                  ``pycolmap.Reconstruction(dir)`` / :func:`flare_nb.scenes.scene.load_colmap`
 transforms.json   nerfstudio / instant-ngp: ``transform_matrix`` = c2w in OpenGL axes
                   (y up, z backward), ``fl_x fl_y cx cy w h`` with ``cx, cy`` + 0.5;
-                  read with :func:`flare_nb.scenes.load_nerf`
-points.ply        ``x y z red green blue confidence`` (:func:`flare_nb.ply.save_points_ply`)
-gaussians.ply     standard 3DGS layout (:func:`flare_nb.ply.save_gaussians_ply`)
+                  read with :func:`flare_nb.scenes.scene.load_nerf`
+points.ply        ``x y z red green blue confidence`` (:func:`flare_nb.render.ply.save_points_ply`)
+gaussians.ply     standard 3DGS layout (:func:`flare_nb.render.ply.save_gaussians_ply`)
 ================  =====================================================================
 
 Gaussians without a Gaussian head (:func:`gaussians_from_pointmap`): one isotropic Gaussian
@@ -39,8 +39,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import cameras
-from .ply import save_gaussians_ply, save_points_ply
+from flare_nb import cameras
+from flare_nb.render.ply import save_gaussians_ply, save_points_ply
 
 __all__ = ["confident_mask", "colored_points", "write_cameras_json", "write_colmap_text",
            "write_transforms_json", "write_points_ply", "gaussians_from_pointmap", "write_gaussians_ply",
@@ -272,7 +272,7 @@ def gaussians_from_pointmap(pts, images, mask, c2w, K) -> dict:
 
 
 def write_gaussians_ply(path, g: dict) -> Path:
-    """Gaussians in ``flare_nb.rasterize`` argument names (``means, quats, scales, opacities,
+    """Gaussians in ``flare_nb.render.rasterize`` argument names (``means, quats, scales, opacities,
     colors`` RGB ``(N, 3)`` with ``sh_degree`` None, or SH ``(N, K, 3)``) as a 3DGS PLY."""
     colors = g["colors"].detach().float().cpu()
     kw = {"rgb": colors.clamp(0, 1)} if colors.ndim == 2 else {"sh": colors}
@@ -297,10 +297,10 @@ def thin_gaussians(g: dict, max_gaussians: int, seed: int = 0) -> dict:
 def render_gaussians(g: dict, c2w, K, hw, device="cpu", background=(1.0, 1.0, 1.0),
                      max_gaussians: int | None = None) -> torch.Tensor:
     """Render ``g`` into the cameras ``c2w (V, 4, 4)``, ``K (V, 3, 3)`` (OpenCV pixel centres) with
-    :func:`flare_nb.rasterize.rasterize` (gsplat on CUDA, our tile rasterizer on the CPU);
+    :func:`flare_nb.render.rasterize.rasterize` (gsplat on CUDA, our tile rasterizer on the CPU);
     ``max_gaussians``: render :func:`thin_gaussians` instead. Returns ``(V, H, W, 3)`` float32
     in [0, 1]."""
-    from .rasterize import rasterize
+    from flare_nb.render.rasterize import rasterize
 
     g = thin_gaussians(g, max_gaussians)
     c2w, K, _, (H, W) = _cams(c2w, K, [str(i) for i in range(len(c2w))], hw)
@@ -354,7 +354,7 @@ def save_summary_figure(path, c2w, K, hw, points, colors, images, title: str = "
     (:func:`flare_nb.viz.plot_cameras`)."""
     from matplotlib.figure import Figure  # a pyplot-free figure: never touches the notebook's backend
 
-    from .viz import plot_cameras
+    from flare_nb.viz import plot_cameras
 
     V = images.shape[0]
     ncol = min(V, 4)

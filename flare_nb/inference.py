@@ -7,13 +7,13 @@
     rec = reconstruct(model, ["a.jpg", "b.jpg"], size=(512, 384))
     rec.c2w_refined, rec.focal, rec.c2w_pnp, rec.pts3d_global, rec.timings
 
-Pose encoding (``flare_nb.pose_predictor``): 9 numbers per view ``[T (3), q (4, w x y z, not
+Pose encoding (``flare_nb.model.pose_predictor``): 9 numbers per view ``[T (3), q (4, w x y z, not
 normalised), focal logits (2)]``. It is **camera-to-world**, relative to view 0: ``R(q)``
 holds the camera's axes in view 0's frame and ``T`` is the camera centre in view 0's frame,
 translations trained to have mean norm 1 over the views (README "Conventions"). Evidence: the
 released training/evaluation code builds the ground truth as ``inv(c2w_0) @ c2w_i`` and
 writes the predicted ``R(q)`` and ``T`` straight into the rotation block and last column of
-that matrix; ``flare_nb.losses.gt_pose_targets`` does the same. So the decoded pose is
+that matrix; ``flare_nb.train.losses.gt_pose_targets`` does the same. So the decoded pose is
 ``c2w = [[R(q), T], [0, 0, 0, 1]]`` -- no inversion.
 
 ``reconstruct`` returns the pose-head cameras (coarse = stage 1, refined = stage 2), both
@@ -33,14 +33,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import cameras
-from . import config as config_module
-from .config import FlareConfig
-from .device import autocast_dtype, resolve_device
-from .model import FlareModel
+from flare_nb import cameras
+from flare_nb.model import config as config_module
+from flare_nb.model.config import FlareConfig
+from flare_nb.device import autocast_dtype, resolve_device
+from flare_nb.model.flare import FlareModel
+from flare_nb.model.pose_encoding import decode_c2w
 
-__all__ = ["Reconstruction", "load_model", "reconstruct", "resolve_config", "default_checkpoint",
-           "decode_c2w", "encode_c2w", "STAGES"]
+__all__ = ["Reconstruction", "load_model", "reconstruct", "resolve_config", "default_checkpoint", "STAGES"]
 
 #: the model methods whose run time ``reconstruct`` reports, in call order
 STAGES = (("encode", "encoder"), ("predict_coarse_pose", "stage1_coarse_pose"),
@@ -49,7 +49,7 @@ STAGES = (("encode", "encoder"), ("predict_coarse_pose", "stage1_coarse_pose"),
 
 # ----------------------------------------------------------------------------- loading
 def resolve_config(config) -> FlareConfig:
-    """``"tiny"`` / ``"official_geometry"`` / any other builder in :mod:`flare_nb.config`, or a
+    """``"tiny"`` / ``"official_geometry"`` / any other builder in :mod:`flare_nb.model.config`, or a
     ``FlareConfig`` (returned as is) -> ``FlareConfig``. ValueError names the valid choices."""
     if isinstance(config, FlareConfig):
         return config
@@ -61,7 +61,7 @@ def resolve_config(config) -> FlareConfig:
 
 def default_checkpoint() -> Path:
     """Where the workbook keeps the trained tiny model: ``data/checkpoints/tiny_geometry.pt``."""
-    from . import data_dir
+    from flare_nb import data_dir
 
     return data_dir() / "checkpoints" / "tiny_geometry.pt"
 
@@ -74,10 +74,10 @@ def load_model(checkpoint=None, config="tiny", device="auto", dtype: torch.dtype
         checkpoint: ``None`` or ``""`` = the default: for the tiny config
             ``data/checkpoints/tiny_geometry.pt`` if it exists, else RANDOM weights; for any
             other config RANDOM weights (the deterministic recipe of the reference fixtures,
-            :func:`flare_nb.reference.deterministic_fill`, so no time goes into initialising
+            :func:`flare_nb.model.reference.deterministic_fill`, so no time goes into initialising
             1.4 G parameters). A path: ``.pth`` / ``.pt`` / ``.safetensors``, the released
-            files or a ``flare_nb.train`` checkpoint, loaded strictly with
-            :func:`flare_nb.checkpoint.load_flare_checkpoint` (wrong kind / shapes / keys raise
+            files or a ``flare_nb.train.trainer`` checkpoint, loaded strictly with
+            :func:`flare_nb.model.checkpoint.load_flare_checkpoint` (wrong kind / shapes / keys raise
             ``CheckpointError``; a missing file ``FileNotFoundError``).
         config: ``"tiny"`` | ``"official_geometry"`` | a ``FlareConfig``.
         device: ``"auto"`` (CUDA if visible) | ``"cpu"`` | ``"cuda"``.
@@ -87,8 +87,8 @@ def load_model(checkpoint=None, config="tiny", device="auto", dtype: torch.dtype
     Sets ``model.weights_label`` (a sentence for notebook output), ``model.weights_random``
     (bool) and ``model.load_report`` (``LoadReport`` or None). Notebook 01.
     """
-    from .checkpoint import load_flare_checkpoint
-    from .reference import deterministic_fill
+    from flare_nb.model.checkpoint import load_flare_checkpoint
+    from flare_nb.model.reference import deterministic_fill
 
     cfg = resolve_config(config)
     dev = resolve_device(device)
@@ -153,7 +153,7 @@ class Reconstruction:
       (None for the NVS model, which has no camera-centric head); ``pts3d_global``,
       ``conf_global``: all views in view 0's camera frame.
     * ``gaussians``: NVS model only (else None): the Gaussian set of
-      :func:`flare_nb.gaussian_head.activate_gaussians` (view 0's frame), float32 CPU tensors.
+      :func:`flare_nb.model.gaussian_head.activate_gaussians` (view 0's frame), float32 CPU tensors.
     * ``timings``: seconds per stage (``preprocess``, ``encoder``, ``stage1_coarse_pose``,
       ``stage2_camera_centric``, ``stage3_global`` (each stage's DPT head included),
       ``forward``, ``focal``, ``pnp``).
@@ -209,41 +209,11 @@ class Reconstruction:
 
 
 # ----------------------------------------------------------------------------- helpers
-def decode_c2w(pose_enc: torch.Tensor) -> torch.Tensor:
-    """Camera-to-world ``(..., 4, 4)`` float32 from pose encodings ``(..., 9)``.
-
-    ``R = quat_to_matrix(q)`` (normalised, so exactly orthonormal up to rounding) and
-    ``t = T``; computed in float64. No view-0 re-referencing here. Notebook 02.
-    """
-    if pose_enc.shape[-1] < 7:
-        raise ValueError(f"pose encodings must be (..., 9) [T, q wxyz, focal], got {tuple(pose_enc.shape)}")
-    e = pose_enc.detach().to("cpu", torch.float64)
-    c2w = torch.zeros(*e.shape[:-1], 4, 4, dtype=torch.float64)
-    c2w[..., :3, :3] = cameras.quat_to_matrix(e[..., 3:7])
-    c2w[..., :3, 3] = e[..., :3]
-    c2w[..., 3, 3] = 1.0
-    return c2w
-
-
-def encode_c2w(c2w: torch.Tensor) -> torch.Tensor:
-    """The pose encoding the pose loss trains towards: ``c2w (..., V, 4, 4)`` -> ``(..., V, 9)``.
-
-    Relative to view 0 (:func:`flare_nb.cameras.relative_to_view0`), translations divided
-    by their mean norm (:func:`flare_nb.cameras.normalize_translation`), unit quaternion with
-    ``w >= 0``, focal logits 0 (never trained). ``decode_c2w(encode_c2w(c2w))`` is the
-    normalised relative trajectory. Float64. Notebook 02.
-    """
-    rel = cameras.relative_to_view0(c2w.detach().to("cpu", torch.float64))
-    rel, _ = cameras.normalize_translation(rel)
-    q = cameras.matrix_to_quat(rel[..., :3, :3])
-    return torch.cat((rel[..., :3, 3], q, torch.zeros(*q.shape[:-1], 2, dtype=q.dtype)), dim=-1)
-
-
 def _as_images01(images, size, multiple: int):
     """Input -> ``((V, 3, H, W) float32 in [0, 1], info, seconds)`` with all the checks."""
     from PIL import Image
 
-    from . import preprocess
+    from flare_nb.scenes import preprocess
 
     t0 = time.perf_counter()
     if size is not None:
@@ -284,7 +254,7 @@ def _as_images01(images, size, multiple: int):
         if lo < 0.0:
             raise ValueError(f"images must be in [0, 1], got values in [{lo:.3g}, {hi:.3g}]: these look like "
                              "model inputs in [-1, 1]; reconstruct normalises itself, pass "
-                             "flare_nb.preprocess.from_model_input(x) (x * 0.5 + 0.5)")
+                             "flare_nb.scenes.preprocess.from_model_input(x) (x * 0.5 + 0.5)")
         if hi > 1.0 + 1e-6:
             raise ValueError(f"images must be in [0, 1], got values up to {hi:.3g} (0-255 images? divide by 255)")
         if size is not None and tuple(x.shape[-2:]) != (size[1], size[0]):
@@ -337,7 +307,7 @@ def reconstruct(model: FlareModel, images, size=None, device="auto", pnp: bool =
     Args:
         model: a ``FlareModel`` (e.g. from :func:`load_model`); moved to ``device`` in place.
         images: ``(V, 3, H, W)`` float in **[0, 1]** (or a list of ``(3, H, W)``), or a list of
-            image paths (loaded with the official preprocessing, :func:`flare_nb.preprocess.load_images`).
+            image paths (loaded with the official preprocessing, :func:`flare_nb.scenes.preprocess.load_images`).
         size: ``(W, H)`` (multiples of 64) or an int for square: official scale-to-cover + centre
             crop (portrait photos get the transposed target). None: use the images as they are
             (H, W must be multiples of ``model.cfg.multiple``).
@@ -359,7 +329,7 @@ def reconstruct(model: FlareModel, images, size=None, device="auto", pnp: bool =
     model.to(dev).eval()
     pdtype = next(model.parameters()).dtype
     V, _, H, W = x01.shape
-    from .preprocess import to_model_input
+    from flare_nb.scenes.preprocess import to_model_input
 
     x = to_model_input(x01)[None].to(dev, pdtype)
     kw = {}

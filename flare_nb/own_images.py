@@ -1,8 +1,8 @@
 """Your own photos through FLARE, step by step (notebook 08).
 
 The ``flare-nb reconstruct`` command (:mod:`flare_nb.cli`) runs these steps in one go; the
-notebook runs them one at a time with these helpers around :mod:`flare_nb.preprocess`,
-:mod:`flare_nb.reference_view`, :mod:`flare_nb.inference` and :mod:`flare_nb.export`:
+notebook runs them one at a time with these helpers around :mod:`flare_nb.scenes.preprocess`,
+:mod:`flare_nb.scenes.reference_view`, :mod:`flare_nb.inference` and :mod:`flare_nb.export`:
 
 * :func:`photo_table`, :func:`load_photos`, :func:`crop_box`, :func:`plot_preprocessing` --
   the photos, their EXIF orientation and the official scale-to-cover + centre crop;
@@ -38,7 +38,7 @@ def photo_table(paths) -> list[dict]:
     ``size`` (W, H after the orientation is applied, what the model sees before resizing)."""
     from PIL import Image
 
-    from .preprocess import load_image
+    from flare_nb.scenes.preprocess import load_image
 
     rows = []
     for p in map(Path, paths):
@@ -53,11 +53,11 @@ def load_photos(paths, size) -> tuple[torch.Tensor, list[dict], list[str]]:
     """The CLI's preprocessing: ``(images (V, 3, H, W) in [0, 1], info, notes)``.
 
     Each photo is oriented by its EXIF tag and scaled-to-cover + centre-cropped to ``size =
-    (W, H)`` (:func:`flare_nb.preprocess.load_images`); portrait photos get the transposed
+    (W, H)`` (:func:`flare_nb.scenes.preprocess.load_images`); portrait photos get the transposed
     target unless the set mixes portrait and landscape, in which case all are cropped to
     ``size`` and a note says so. ``info``: per view ``path``, ``src_size``, ``scale``,
     ``resized``, ``crop_left_top``, ``size``."""
-    from .preprocess import load_image, load_images, oriented_size
+    from flare_nb.scenes.preprocess import load_image, load_images, oriented_size
 
     notes = []
     with warnings.catch_warnings():
@@ -89,7 +89,7 @@ def plot_preprocessing(paths, info: list[dict], images: torch.Tensor, max_views:
     import matplotlib.pyplot as plt
     from matplotlib.patches import Rectangle
 
-    from .preprocess import load_image
+    from flare_nb.scenes.preprocess import load_image
 
     n = min(len(paths), max_views)
     fig, axes = plt.subplots(2, n, figsize=(3.2 * n, 5.2), squeeze=False)
@@ -109,7 +109,7 @@ def plot_preprocessing(paths, info: list[dict], images: torch.Tensor, max_views:
 
 
 def plot_similarity(S: torch.Tensor, scores: torch.Tensor, ref: int, names=None):
-    """The ``(V, V)`` similarity matrix (:func:`flare_nb.reference_view.similarity_matrix`) and
+    """The ``(V, V)`` similarity matrix (:func:`flare_nb.scenes.reference_view.similarity_matrix`) and
     each view's mean similarity to the others, the chosen reference ``ref`` highlighted.
     Returns the figure."""
     import matplotlib.pyplot as plt
@@ -142,8 +142,8 @@ def cameras_for_export(rec) -> dict:
     its camera-centric one, else a 60 degree field of view) and the PnP cameras (else the
     refined pose head). Returns ``c2w (V, 4, 4)``, ``K (V, 3, 3)`` float32, ``pose_source``,
     ``focal_source``."""
-    from . import cameras
-    from .export import fov_K
+    from flare_nb import cameras
+    from flare_nb.export import fov_K
 
     V, (H, W) = rec.n_views, rec.hw
     focal_source, K = "view 0's global pointmap (FLARE demo)", rec.K
@@ -170,7 +170,7 @@ def confidence_points(pts: torch.Tensor, conf: torch.Tensor, images: torch.Tenso
     ``conf (V, H, W)``, ``images (V, 3, H, W)``. Returns ``mask (V, H, W)``, ``n_kept``,
     ``n_total``, ``fraction``, ``per_view (V,)`` kept fractions, ``points (N, 3)``,
     ``colors (N, 3)`` (at most ``max_points``, fixed-seed subset) and ``drop``."""
-    from .export import colored_points, confident_mask
+    from flare_nb.export import colored_points, confident_mask
 
     mask = confident_mask(conf, drop, pts)
     P, C, _, _ = colored_points(pts, images, mask, max_points=max_points)
@@ -184,7 +184,7 @@ def plot_confidence(res: dict, c2w=None, K=None, hw=None):
     the cameras (:func:`flare_nb.viz.plot_cameras`). Returns the figure."""
     import matplotlib.pyplot as plt
 
-    from .viz import plot_cameras
+    from flare_nb.viz import plot_cameras
 
     mask = res["mask"]
     V = mask.shape[0]
@@ -254,16 +254,16 @@ def list_files(folder) -> list[tuple[str, int]]:
 def read_back_exports(folder) -> dict:
     """Read the exports in ``folder`` back with each format's reader and return what they hold:
     ``cameras_json_views``, ``cameras_json_c2w (V, 4, 4)``, ``colmap_images``,
-    ``colmap_points`` (pycolmap), ``colmap_c2w`` (:func:`flare_nb.scenes.load_colmap`, in
-    image-name order), ``transforms_c2w`` (:func:`flare_nb.scenes.load_nerf`, OpenCV),
+    ``colmap_points`` (pycolmap), ``colmap_c2w`` (:func:`flare_nb.scenes.scene.load_colmap`, in
+    image-name order), ``transforms_c2w`` (:func:`flare_nb.scenes.scene.load_nerf`, OpenCV),
     ``points`` (points.ply), ``gaussians`` (gaussians.ply). Any reader's error propagates
     (FileNotFoundError names the missing file)."""
     import json
 
     import pycolmap
 
-    from .ply import load_gaussians_ply, load_points_ply
-    from .scenes import load_colmap, load_nerf
+    from flare_nb.render.ply import load_gaussians_ply, load_points_ply
+    from flare_nb.scenes.scene import load_colmap, load_nerf
 
     folder = Path(folder)
     for name in ("cameras.json", "transforms.json", "points.ply", "gaussians.ply", "sparse/0/cameras.txt"):

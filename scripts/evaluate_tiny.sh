@@ -4,7 +4,7 @@
 # scenes (fountain-P11, flare_gt_cam; up to 8 views at 256x192), FLARE's stage-1 / stage-2 / PnP
 # cameras and the COLMAP baseline on the same images. About 10 minutes on 2 CPU cores.
 #   bash scripts/evaluate_tiny.sh                                  # -> data/checkpoints/tiny_geometry_eval.md
-#   bash scripts/evaluate_tiny.sh --scenes 4                       # extra arguments go to flare_nb.eval_report
+#   bash scripts/evaluate_tiny.sh --scenes 4                       # extra arguments go to flare_nb.eval.report
 # Writes the markdown report and all per-scene rows (tiny_geometry_eval.json) next to the checkpoint.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -1,5 +1,5 @@
 """Turn a training run into a shipped checkpoint: model weights only ({'model': state_dict},
-loaded with weights_only=True by flare_nb.checkpoint), plus the run's config, log and curves.
+loaded with weights_only=True by flare_nb.model.checkpoint), plus the run's config, log and curves.
 
     python scripts/export_checkpoint.py runs/tiny_synthetic data/checkpoints/tiny_geometry.pt
 """
@@ -11,8 +11,8 @@ import shutil
 import sys
 from pathlib import Path
 
-from flare_nb.checkpoint import save_flare_checkpoint
-from flare_nb.train import load_checkpoint
+from flare_nb.model.checkpoint import save_flare_checkpoint
+from flare_nb.train.trainer import load_checkpoint
 
 
 def main(argv=None) -> int:

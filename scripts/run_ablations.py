@@ -1,5 +1,5 @@
 """The paper's ablations in miniature (notebook 06): train every variant of
-``flare_nb.ablations.VARIANTS`` with several seeds, score each on held-out synthetic scenes,
+``flare_nb.train.ablations.VARIANTS`` with several seeds, score each on held-out synthetic scenes,
 and write ``results.json`` (all rows + settings), ``results.md`` (mean ± std table) and
 ``log.txt`` (this command and its progress) into ``--out``.
 
@@ -24,14 +24,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from flare_nb.ablations import DESCRIPTIONS, VARIANTS, format_ablation_table, run_ablation, summarize  # noqa: E402
-from flare_nb.train_config import load_config  # noqa: E402
+from flare_nb.train.ablations import DESCRIPTIONS, VARIANTS, format_ablation_table, run_ablation, summarize  # noqa: E402
+from flare_nb.train.config import load_config  # noqa: E402
 
 
 def _one(base: dict, variant: str, seed: int, steps: int, runs: str, kw: dict) -> dict:
     import torch
 
-    from flare_nb.train_config import TrainConfig
+    from flare_nb.train.config import TrainConfig
 
     if kw.get("threads"):
         torch.set_num_threads(kw["threads"])     # for the evaluation too, not only the training
@@ -89,7 +89,7 @@ def main(argv=None) -> int:
     settings = {"config": str(Path(a.config).relative_to(ROOT)) if Path(a.config).is_relative_to(ROOT) else a.config,
                 "steps": a.steps, "size": a.size, "n_views": a.n_views, "batch_size": a.batch_size,
                 "seeds": a.seeds, "eval_scenes_per_mode": a.eval_scenes, "eval_modes": ["orbit", "forward"],
-                "eval_seeds": "held-out synthetic seeds 1000000 ... (flare_nb.evaluate.held_out_seeds)",
+                "eval_seeds": "held-out synthetic seeds 1000000 ... (flare_nb.eval.evaluate.held_out_seeds)",
                 "poses": "stage2 (refined pose head)", "pointmaps": "global head, Sim(3)-aligned chamfer",
                 "threads": a.threads, "jobs": a.jobs}
     if a.rescore:

@@ -17,8 +17,8 @@ def one_thread():
 def randomised_tiny_model():
     """The tiny ``FlareModel`` (seed 0) with every parameter nudged by N(0, 0.05^2), in eval mode:
     the zero-initialised released parameters (camera tokens) would otherwise hide bugs."""
-    from flare_nb.config import tiny
-    from flare_nb.model import FlareModel
+    from flare_nb.model.config import tiny
+    from flare_nb.model.flare import FlareModel
 
     torch.manual_seed(0)
     m = FlareModel(tiny()).eval()

@@ -1,4 +1,4 @@
-"""Ablations in miniature (flare_nb.ablations, FlareConfig.pose_conditioning): each variant
+"""Ablations in miniature (flare_nb.train.ablations, FlareConfig.pose_conditioning): each variant
 changes exactly its config switch, the no-pose-conditioning model ignores the poses fed to
 stages 2-3, a run trains and scores, and the table shows mean ± std over seeds."""
 import json
@@ -7,11 +7,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from flare_nb import ablations as ab
-from flare_nb.config import tiny
-from flare_nb.model import FlareModel
-from flare_nb.train import build_model
-from flare_nb.train_config import config_diff, load_config
+from flare_nb.train import ablations as ab
+from flare_nb.model.config import tiny
+from flare_nb.model.flare import FlareModel
+from flare_nb.train.trainer import build_model
+from flare_nb.train.config import config_diff, load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -1,4 +1,4 @@
-"""COLMAP baseline (flare_nb.baselines): on the real fountain-P11 scene it registers every view
+"""COLMAP baseline (flare_nb.eval.baselines): on the real fountain-P11 scene it registers every view
 and, after a Sim(3) alignment, agrees with the ground truth to well under a few degrees; the pose
 and K conversion reproduces COLMAP's own keypoints; pure noise gives unregistered views (NaN);
 same input + seed -> identical output; bad input -> clear errors."""
@@ -9,9 +9,9 @@ import pycolmap
 import pytest
 import torch
 
-from flare_nb.baselines import BaselineResult, colmap_poses
+from flare_nb.eval.baselines import BaselineResult, colmap_poses
 from flare_nb.cameras import align_trajectories, invert_pose, project_points
-from flare_nb.scenes import load_scene
+from flare_nb.scenes.scene import load_scene
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 FOUNTAIN = DATA / "real" / "fountain-P11"

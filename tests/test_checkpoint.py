@@ -1,14 +1,14 @@
-"""Checkpoint loading / saving (flare_nb.checkpoint, notebook 01): round trips with tiny
+"""Checkpoint loading / saving (flare_nb.model.checkpoint, notebook 01): round trips with tiny
 checkpoints in every accepted layout, and refusals of broken ones. The released-size key
 checks use the manifest shapes only (no 5 GB tensors)."""
 import pytest
 import torch
 
-from flare_nb.checkpoint import (CheckpointError, check_state_dict, detect_kind, load_flare_checkpoint,
+from flare_nb.model.checkpoint import (CheckpointError, check_state_dict, detect_kind, load_flare_checkpoint,
                                  read_state_dict, save_flare_checkpoint)
-from flare_nb.config import official_geometry, tiny
-from flare_nb.model import FlareModel
-from flare_nb.reference import deterministic_fill, manifest_shapes
+from flare_nb.model.config import official_geometry, tiny
+from flare_nb.model.flare import FlareModel
+from flare_nb.model.reference import deterministic_fill, manifest_shapes
 
 def _x():
     g = torch.Generator().manual_seed(0)

@@ -1,4 +1,4 @@
-"""The flare-nb command (flare_nb.cli) and the reference-view choice (flare_nb.reference_view).
+"""The flare-nb command (flare_nb.cli) and the reference-view choice (flare_nb.scenes.reference_view).
 
 Every bad-input case RUNS the command (``main(argv)`` in-process, and once as a subprocess)
 and checks the exit status and the one-line message. Tiny model, 64x64 inputs."""
@@ -11,9 +11,10 @@ import pytest
 import torch
 from PIL import Image
 
-from flare_nb import cli, data_dir, preprocess
-from flare_nb.config import tiny
-from flare_nb.reference_view import choose_reference_view, reference_order, similarity_matrix
+from flare_nb import cli, data_dir
+from flare_nb.scenes import preprocess
+from flare_nb.model.config import tiny
+from flare_nb.scenes.reference_view import choose_reference_view, reference_order, similarity_matrix
 
 ROOM = data_dir() / "real" / "room"
 FAST = ["--size", "64x64", "--pnp-iterations", "20", "--no-render"]
@@ -139,7 +140,7 @@ def test_reconstruct_outputs_read_back(mixed_run):
     import open3d as o3d
     import pycolmap
 
-    from flare_nb.scenes import load_colmap, load_nerf
+    from flare_nb.scenes.scene import load_colmap, load_nerf
 
     d, rc, _, _ = mixed_run
     o = d / "out"

@@ -1,4 +1,4 @@
-"""Tests of flare_nb.dpt: the FLARE DPT + local-feature head (notebook 03)."""
+"""Tests of flare_nb.model.dpt: the FLARE DPT + local-feature head (notebook 03)."""
 import json
 import math
 from pathlib import Path
@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from flare_nb.dpt import DPTHead, conf_exp, depth_exp, unused_keys
+from flare_nb.model.dpt import DPTHead, conf_exp, depth_exp, unused_keys
 
 MANIFEST = Path(__file__).resolve().parents[1] / "data" / "flare_reference" / "manifest_geometry_pose.json"
 TINY = dict(enc_dim=192, dec_dim=128, patch_size=8, layer_dims=(24, 48, 96, 192), feature_dim=64, last_dim=32)
@@ -218,7 +218,7 @@ def test_fusion_wiring_skips_are_the_reassembled_taps():
 
 def test_fusion_upsampling_is_bilinear_align_corners():
     """With identity convs, a fusion block upsamples a 2-pixel ramp [0, 3] to [0, 1, 2, 3]."""
-    from flare_nb.dpt import FusionBlock
+    from flare_nb.model.dpt import FusionBlock
     blk = FusionBlock(2)
     with torch.no_grad():
         blk.resConfUnit2.conv2.weight.zero_()

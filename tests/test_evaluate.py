@@ -1,4 +1,4 @@
-"""Evaluation toolkit (flare_nb.evaluate): perfect predictions score RRA = 100 / AUC = 1 in any
+"""Evaluation toolkit (flare_nb.eval.evaluate): perfect predictions score RRA = 100 / AUC = 1 in any
 frame and scale; unregistered views turn their pairs into failures; the markdown table shows
 per-group mean and std; methods see the images only; the CLI runs the COLMAP baseline."""
 import json
@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from flare_nb import evaluate as ev
+from flare_nb.eval import evaluate as ev
 from flare_nb.cameras import quat_to_matrix
-from flare_nb.metrics import pose_metrics
-from flare_nb.synthetic import make_scene, pointmaps
+from flare_nb.eval.metrics import pose_metrics
+from flare_nb.scenes.synthetic import make_scene, pointmaps
 
 ROOT = Path(__file__).resolve().parents[1]
 

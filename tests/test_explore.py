@@ -1,4 +1,4 @@
-"""flare_nb.explore: model loading, the cascade split at stage 3, pose perturbation, naive global
+"""flare_nb.nb.explore: model loading, the cascade split at stage 3, pose perturbation, naive global
 pointmaps (notebooks 03 and 04)."""
 import math
 
@@ -8,11 +8,13 @@ import torch
 
 matplotlib.use("Agg")
 
-from flare_nb import cameras, explore, synthetic  # noqa: E402
-from flare_nb.camera_centric import make_dpt_head  # noqa: E402
-from flare_nb.config import official_geometry, tiny  # noqa: E402
-from flare_nb.inference import decode_c2w  # noqa: E402
-from flare_nb.model import FlareModel  # noqa: E402
+from flare_nb import cameras  # noqa: E402
+from flare_nb.nb import explore
+from flare_nb.scenes import synthetic
+from flare_nb.model.camera_centric import make_dpt_head  # noqa: E402
+from flare_nb.model.config import official_geometry, tiny  # noqa: E402
+from flare_nb.model.pose_encoding import decode_c2w, encode_c2w  # noqa: E402
+from flare_nb.model.flare import FlareModel  # noqa: E402
 
 
 def _c2w(pose_enc):
@@ -98,17 +100,17 @@ def test_split_cascade_errors(model, images, cache):
 
 # ----------------------------------------------------------------------------- poses
 def test_pose_encoding_round_trip(scene):
-    pe = explore.c2w_to_pose_enc(scene.c2w)
+    pe = encode_c2w(scene.c2w).float()
     assert pe.shape == (3, 9) and torch.allclose(pe[0, :7], torch.tensor([0, 0, 0, 1.0, 0, 0, 0]), atol=1e-6)
     rel, _ = cameras.normalize_translation(cameras.relative_to_view0(scene.c2w.double()))
     assert torch.allclose(_c2w(pe).double(), rel, atol=1e-5)
     assert math.isclose(pe[:, :3].norm(dim=-1).mean().item(), 1.0, rel_tol=1e-5)
-    with pytest.raises(ValueError, match=r"\(V, 4, 4\)"):
-        explore.c2w_to_pose_enc(torch.eye(4))
+    with pytest.raises(ValueError, match=r"\(\.\.\., V, 4, 4\)"):
+        encode_c2w(torch.eye(4)).float()
 
 
 def test_perturb_view_pose(scene):
-    pe = explore.c2w_to_pose_enc(scene.c2w)
+    pe = encode_c2w(scene.c2w).float()
     pe[:, 3:7] *= 2.5                              # an unnormalised quaternion, as the pose head gives
     assert torch.equal(explore.perturb_view_pose(pe, 1, 0.0, 0.0), pe)
     out = explore.perturb_view_pose(pe, 1, 90.0, 0.2, axis="y")
@@ -130,7 +132,7 @@ def test_naive_global_is_exact_on_ground_truth(scene):
     cam = synthetic.pointmaps(scene, "camera")
     v0 = synthetic.pointmaps(scene, "view0")
     valid = scene.depth > 0
-    pe = explore.c2w_to_pose_enc(scene.c2w)
+    pe = encode_c2w(scene.c2w).float()
     res = explore.naive_vs_learned(cam, _c2w(pe), v0, valid)
     _, s = cameras.normalize_translation(cameras.relative_to_view0(scene.c2w.double()))
     assert res["rel_err_all"] < 1e-5 and res["rel_err"].max() < 1e-5
@@ -146,7 +148,7 @@ def test_naive_global_is_exact_on_ground_truth(scene):
 def test_fit_naive_scales_edge_cases(scene):
     cam = synthetic.pointmaps(scene, "camera")
     c2w = torch.eye(4).expand(3, 4, 4).clone()
-    c2w[:, :3, :3] = _c2w(explore.c2w_to_pose_enc(scene.c2w))[:, :3, :3]
+    c2w[:, :3, :3] = _c2w(encode_c2w(scene.c2w).float())[:, :3, :3]
     tau, lam = explore.fit_naive_scales(cam, c2w, 2.0 * explore.naive_global(cam, c2w))
     assert tau == 0.0 and math.isclose(lam, 0.5, rel_tol=1e-6)
     with pytest.raises(ValueError, match="all zero"):

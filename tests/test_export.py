@@ -1,5 +1,5 @@
 """flare_nb.export: every file read back by its format's own reader (pycolmap, open3d, plyfile,
-flare_nb.scenes). Notebook 08 / the flare-nb CLI."""
+flare_nb.scenes.scene). Notebook 08 / the flare-nb CLI."""
 import json
 import math
 
@@ -10,8 +10,8 @@ import torch
 from PIL import Image
 
 from flare_nb import cameras, export
-from flare_nb.ply import load_gaussians_ply, load_points_ply
-from flare_nb.scenes import load_colmap, load_nerf
+from flare_nb.render.ply import load_gaussians_ply, load_points_ply
+from flare_nb.scenes.scene import load_colmap, load_nerf
 
 V, H, W = 3, 48, 64
 

@@ -1,16 +1,16 @@
-"""FLARE in the evaluation registry (flare_nb.evaluate.flare_method, evaluate_scene) and the
-report builder (flare_nb.eval_report): the predict_fn returns the reconstruction's cameras of
+"""FLARE in the evaluation registry (flare_nb.eval.evaluate.flare_method, evaluate_scene) and the
+report builder (flare_nb.eval.report): the predict_fn returns the reconstruction's cameras of
 the requested stage, a failed PnP counts as unregistered views, a training checkpoint brings
 its own model config, and the report tables hold every method."""
 import pytest
 import torch
 
-from flare_nb import eval_report as er
-from flare_nb import evaluate as ev
+from flare_nb.eval import report as er
+from flare_nb.eval import evaluate as ev
 from flare_nb import inference
-from flare_nb.config import tiny
-from flare_nb.metrics import pose_metrics
-from flare_nb.synthetic import make_scene
+from flare_nb.model.config import tiny
+from flare_nb.eval.metrics import pose_metrics
+from flare_nb.scenes.synthetic import make_scene
 
 
 @pytest.fixture(scope="module")
@@ -20,7 +20,7 @@ def model():
 
 def _random_tiny():
     torch.manual_seed(0)
-    from flare_nb.model import FlareModel
+    from flare_nb.model.flare import FlareModel
 
     m = FlareModel(tiny()).eval()
     m.weights_label = "random (test)"
@@ -76,7 +76,7 @@ def test_failed_pnp_leaves_only_the_reference_view_registered(model, scene, monk
 def test_training_checkpoint_brings_its_model_config(tmp_path):
     cfg = tiny().replace(pose_conditioning=False)
     torch.manual_seed(1)
-    from flare_nb.model import FlareModel
+    from flare_nb.model.flare import FlareModel
 
     m = FlareModel(cfg)
     path = tmp_path / "checkpoint.pt"
@@ -99,7 +99,7 @@ def test_evaluate_scene_oracle_and_errors(scene):
     ev.evaluate_scene(peek, scene)
     with pytest.raises(TypeError, match="predict_fn must be callable"):
         ev.evaluate_scene(None, scene)
-    with pytest.raises(TypeError, match="must be a flare_nb.scenes.Scene"):
+    with pytest.raises(TypeError, match="must be a flare_nb.scenes.scene.Scene"):
         ev.evaluate_scene(lambda s: s.c2w, "scene")
     with pytest.raises(ValueError, match=r"must be \(3, 4, 4\)"):
         ev.evaluate_scene(lambda s: torch.eye(4), scene)

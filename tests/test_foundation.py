@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from flare_nb.device import resolve_device, seed_everything
-from flare_nb.record import Recorder
+from flare_nb.nb.record import Recorder
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -1,4 +1,4 @@
-"""Tests of the NVS extras: flare_nb.shallow_cnn and flare_nb.gaussian_head.
+"""Tests of the NVS extras: flare_nb.model.shallow_cnn and flare_nb.model.gaussian_head.
 
 Parity checks run our modules, filled with the fixture's deterministic weight recipe, on the
 inputs stored in data/flare_reference/parity_nvs.npz and compare with the official outputs
@@ -25,9 +25,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from flare_nb.gaussian_head import GaussianHead, activate_gaussians
-from flare_nb.reference import fill_value
-from flare_nb.shallow_cnn import (ShallowCNN, ShallowFeatureNet, add_rope_ones, build_shallow_cnn,
+from flare_nb.model.gaussian_head import GaussianHead, activate_gaussians
+from flare_nb.model.reference import fill_value
+from flare_nb.model.shallow_cnn import (ShallowCNN, ShallowFeatureNet, add_rope_ones, build_shallow_cnn,
                                   rope_ones_term, run_shallow_cnn)
 
 REF = Path(__file__).resolve().parents[1] / "data" / "flare_reference"
@@ -35,7 +35,7 @@ TOL = 1e-4  # max |ours - official| / std(official)
 
 
 def deterministic_fill(module: nn.Module, prefix: str = "") -> None:
-    """The fixture recipe (flare_nb.reference.fill_value) for a part of the model: every
+    """The fixture recipe (flare_nb.model.reference.fill_value) for a part of the model: every
     parameter is seeded by its full released name ``prefix + name`` (no aliases here)."""
     with torch.no_grad():
         for name, p in module.named_parameters():

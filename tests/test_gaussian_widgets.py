@@ -1,4 +1,4 @@
-"""flare_nb.gaussian_widgets: the callbacks behind notebook 05's parameter and orbit widgets."""
+"""flare_nb.nb.gaussian_widgets: the callbacks behind notebook 05's parameter and orbit widgets."""
 import math
 
 import matplotlib
@@ -8,9 +8,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from flare_nb.gaussian_widgets import (make_orbit_widget, make_toy_widget, orbit_view, toy_camera,  # noqa: E402
+from flare_nb.nb.gaussian_widgets import (make_orbit_widget, make_toy_widget, orbit_view, toy_camera,  # noqa: E402
                                        toy_gaussians, toy_view)
-from flare_nb.splats import orbit_c2w  # noqa: E402
+from flare_nb.render.splats import orbit_c2w  # noqa: E402
 
 
 def test_toy_camera_and_gaussians():

@@ -6,12 +6,13 @@ import pytest
 import torch
 from PIL import Image
 
-from flare_nb import cameras, synthetic
-from flare_nb.checkpoint import CheckpointError, save_flare_checkpoint
-from flare_nb.config import tiny
-from flare_nb.inference import (STAGES, Reconstruction, decode_c2w, load_model, reconstruct,
-                                resolve_config)
-from flare_nb.model import FlareModel, FlareOutput
+from flare_nb import cameras
+from flare_nb.scenes import synthetic
+from flare_nb.model.checkpoint import CheckpointError, save_flare_checkpoint
+from flare_nb.model.config import tiny
+from flare_nb.inference import STAGES, Reconstruction, load_model, reconstruct, resolve_config
+from flare_nb.model.pose_encoding import decode_c2w
+from flare_nb.model.flare import FlareModel, FlareOutput
 
 
 @pytest.fixture(scope="module")
@@ -256,9 +257,9 @@ def test_missing_focal_is_reported(images):
 
 
 def test_reconstruct_with_the_nvs_model_needs_intrinsics_and_returns_gaussians(one_thread):
-    from flare_nb import config as mc
+    from flare_nb.model import config as mc
     from flare_nb.inference import load_model, reconstruct
-    from flare_nb.synthetic import make_scene
+    from flare_nb.scenes.synthetic import make_scene
 
     model = load_model("", config=mc.tiny_nvs(), device="cpu")
     scene = make_scene(1_000_002, 2, 64, "forward")

@@ -1,4 +1,4 @@
-"""flare_nb.inspection: patch tokens, RoPE, camera-token attention, harmonic embedding and
+"""flare_nb.nb.inspection: patch tokens, RoPE, camera-token attention, harmonic embedding and
 pose-head iteration errors (notebooks 01-02)."""
 import math
 
@@ -8,13 +8,13 @@ matplotlib.use("Agg")
 import pytest
 import torch
 
-from flare_nb.config import official_geometry, tiny
-from flare_nb.inference import encode_c2w
-from flare_nb.inspection import (camera_attention, harmonic_sensitivity, patch_embed_by_matmul, patchify,
+from flare_nb.model.config import official_geometry, tiny
+from flare_nb.model.pose_encoding import encode_c2w
+from flare_nb.nb.inspection import (camera_attention, harmonic_sensitivity, patch_embed_by_matmul, patchify,
                                  plot_attention, plot_patch_grid, plot_rope_angles, pose_iteration_errors,
                                  rope_angles, rope_relative_scores, token_grids)
-from flare_nb.rope import rope_tables
-from flare_nb.widgets import perturb_pose
+from flare_nb.model.rope import rope_tables
+from flare_nb.model.pose_encoding import move_camera
 
 
 @pytest.fixture(scope="module")
@@ -113,7 +113,7 @@ def test_pose_iteration_errors():
     c2w = torch.eye(4, dtype=torch.float64).repeat(3, 1, 1)
     c2w[1:, :3, 3] = torch.tensor([[1.0, 0, 0], [0, 1.0, 0.5]])
     gt = encode_c2w(c2w)
-    bad = encode_c2w(perturb_pose(c2w, 1, rot_deg=(0, 10, 0)))
+    bad = encode_c2w(move_camera(c2w, 1, rot_deg=(0, 10, 0)))
     enc = torch.stack([0.5 * gt, bad, gt])
     e = pose_iteration_errors(enc, c2w)
     assert e["rot_deg"][2] < 1e-6 and e["trans_l1"][2] < 1e-12 and e["quat_l1"][2] < 1e-12

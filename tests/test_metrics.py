@@ -1,4 +1,4 @@
-"""flare_nb.metrics: PSNR/SSIM/LPIPS, pose metrics on known answers, pointcloud metrics."""
+"""flare_nb.eval.metrics: PSNR/SSIM/LPIPS, pose metrics on known answers, pointcloud metrics."""
 import math
 
 import numpy as np
@@ -6,9 +6,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from flare_nb import metrics, render_losses
-from flare_nb.metrics import LPIPS, pointcloud_metrics, pose_auc, pose_metrics, psnr, relative_pose_errors
-from flare_nb.render_losses import VGG16_CONVS
+from flare_nb.eval import metrics
+from flare_nb.render import losses as render_losses
+from flare_nb.eval.metrics import LPIPS, pointcloud_metrics, pose_auc, pose_metrics, psnr, relative_pose_errors
+from flare_nb.render.losses import VGG16_CONVS
 
 
 # ------------------------------------------------------------------------------- helpers

@@ -1,16 +1,16 @@
-"""FlareModel with the tiny NVS config (flare_nb.nvs, notebook 05): shapes, the intrinsics
+"""FlareModel with the tiny NVS config (flare_nb.model.nvs, notebook 05): shapes, the intrinsics
 input, the baseline normalisation, gradients into the Gaussian head, rendering the predicted
-Gaussians with flare_nb.rasterize, and NVS checkpoints (kind detection, released key names).
+Gaussians with flare_nb.render.rasterize, and NVS checkpoints (kind detection, released key names).
 The released-size numbers are checked in tests/test_parity_nvs.py."""
 import pytest
 import torch
 
-from flare_nb.checkpoint import CheckpointError, check_state_dict, detect_kind, load_flare_checkpoint, \
+from flare_nb.model.checkpoint import CheckpointError, check_state_dict, detect_kind, load_flare_checkpoint, \
     save_flare_checkpoint
-from flare_nb.config import official_geometry, official_nvs, tiny, tiny_nvs
-from flare_nb.model import FlareModel
-from flare_nb.nvs import camera_embed_input_baseline, intrinsics_vector
-from flare_nb.reference import load_manifest, manifest_shapes
+from flare_nb.model.config import official_geometry, official_nvs, tiny, tiny_nvs
+from flare_nb.model.flare import FlareModel
+from flare_nb.model.nvs import camera_embed_input_baseline, intrinsics_vector
+from flare_nb.model.reference import load_manifest, manifest_shapes
 
 
 def _images(B, V, H, W, seed=0):
@@ -152,7 +152,7 @@ def test_gradients_reach_every_used_parameter():
 
 # ----------------------------------------------------------------------------- rendering
 def test_predicted_gaussians_render_and_backpropagate():
-    rasterize = pytest.importorskip("flare_nb.rasterize", reason="flare_nb.rasterize not importable").rasterize
+    rasterize = pytest.importorskip("flare_nb.render.rasterize", reason="flare_nb.render.rasterize not importable").rasterize
     m = _randomised(tiny_nvs(), seed=2)
     H = W = 64
     x, K4 = _images(1, 2, H, W, seed=5), _intrinsics(1, 2, H, W)

@@ -6,14 +6,15 @@ import time
 import pytest
 import torch
 
-from flare_nb.blocks import CameraBlock
-from flare_nb.camera_centric import camera_embed_input
+from flare_nb.model.blocks import CameraBlock
+from flare_nb.model.camera_centric import camera_embed_input
 from flare_nb.cameras import quat_to_matrix
-from flare_nb.config import FlareConfig, official_geometry, official_nvs, tiny
-from flare_nb.model import FlareModel, FlareOutput
-from flare_nb.pose_predictor import decode_pose_encoding, harmonic_embedding, quaternion_to_rotation
-from flare_nb.reference import manifest_shapes
-from flare_nb.rope import apply_rope2d, grid_positions
+from flare_nb.model.config import FlareConfig, official_geometry, official_nvs, tiny
+from flare_nb.model.flare import FlareModel, FlareOutput
+from flare_nb.model.pose_encoding import decode_pose_encoding, quaternion_to_rotation
+from flare_nb.model.pose_predictor import harmonic_embedding
+from flare_nb.model.reference import manifest_shapes
+from flare_nb.model.rope import apply_rope2d, grid_positions
 
 
 def _images(B, V, H, W, seed=0):
@@ -191,7 +192,7 @@ def test_state_dict_is_the_released_one_minus_unused_modules():
     assert len(omitted) == 101
     assert ours == {k: v for k, v in ref.items() if k not in omitted}
     # every omitted key belongs to a module the release never uses at inference
-    from flare_nb.reference import load_manifest
+    from flare_nb.model.reference import load_manifest
     assert set(omitted) <= set(load_manifest("geometry")["unused_at_inference"])
 
 

@@ -1,14 +1,14 @@
-"""Novel-view evaluation (flare_nb.nvs_eval): rows, the nearest-view floor, bad input."""
+"""Novel-view evaluation (flare_nb.eval.nvs_eval): rows, the nearest-view floor, bad input."""
 import math
 
 import pytest
 import torch
 
-from flare_nb import config as mc
-from flare_nb.metrics import psnr
-from flare_nb.model import FlareModel
-from flare_nb.nvs_eval import evaluate_novel_views, main
-from flare_nb.synthetic import make_scene
+from flare_nb.model import config as mc
+from flare_nb.eval.metrics import psnr
+from flare_nb.model.flare import FlareModel
+from flare_nb.eval.nvs_eval import evaluate_novel_views, main
+from flare_nb.scenes.synthetic import make_scene
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,7 @@
 
 ``data/flare_reference/parity_geometry_pose.npz`` holds every intermediate of the official
 geometry model run on 3 views (256x192) with weights from the deterministic recipe
-(``flare_nb.reference``). We build the same 1.34 G-parameter network on the CPU, fill it with
+(``flare_nb.model.reference``). We build the same 1.34 G-parameter network on the CPU, fill it with
 the same recipe (checked with the README's sha256), run the fixture images with the README's
 teacher forcing and compare *every* array with the README's tolerances. The largest
 deviation of each array is printed (run with ``-s``).
@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 import torch
 
-from flare_nb import reference as R
-from flare_nb.encoder import PatchEmbed
+from flare_nb.model import reference as R
+from flare_nb.model.encoder import PatchEmbed
 
 FIXTURE = R.DATA_DIR / "parity_geometry_pose.npz"
 INPUTS = ("images", "true_shape", "intrinsics_crop")

@@ -2,7 +2,7 @@
 
 ``data/flare_reference/parity_nvs.npz`` holds the intermediates and Gaussian-head outputs of
 the official NVS model run on 2 context views (256x256) with weights from the deterministic
-recipe (``flare_nb.reference``). We build the same network on the CPU (meta device first,
+recipe (``flare_nb.model.reference``). We build the same network on the CPU (meta device first,
 then filled with the recipe and checked with the README's sha256), run the fixture images
 and intrinsics with the README's teacher forcing and compare *every* array with the README's
 tolerances; ``*_s5`` arrays are the full-resolution outputs sampled every 5th row / column.
@@ -18,8 +18,8 @@ import numpy as np
 import pytest
 import torch
 
-from flare_nb import reference as R
-from flare_nb.nvs import camera_embed_input_baseline
+from flare_nb.model import reference as R
+from flare_nb.model.nvs import camera_embed_input_baseline
 
 FIXTURE = R.DATA_DIR / "parity_nvs.npz"
 INPUTS = ("images", "true_shape", "intrinsics_crop", "fxfycxcy_unorm", "camera_pose_c2w")
@@ -54,7 +54,7 @@ def _subsample(name, t):
 
 @pytest.fixture(scope="module")
 def parity(ref):
-    from flare_nb.config import official_nvs
+    from flare_nb.model.config import official_nvs
 
     t0 = time.perf_counter()
     model = R.build_reference_model(official_nvs())  # meta build, recipe weights, eval mode

@@ -1,4 +1,4 @@
-"""flare_nb.ply: 3DGS Gaussian PLY and point-cloud PLY round trips, layout and errors."""
+"""flare_nb.render.ply: 3DGS Gaussian PLY and point-cloud PLY round trips, layout and errors."""
 import math
 
 import numpy as np
@@ -6,7 +6,7 @@ import pytest
 import torch
 from plyfile import PlyData, PlyElement
 
-from flare_nb.ply import (C0, gaussian_property_names, load_gaussians_ply, load_points_ply, rgb_to_sh,
+from flare_nb.render.ply import (C0, gaussian_property_names, load_gaussians_ply, load_points_ply, rgb_to_sh,
                           save_gaussians_ply, save_points_ply, sh_to_rgb)
 
 

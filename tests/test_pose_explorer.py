@@ -1,4 +1,4 @@
-"""flare_nb.pose_explorer: pose perturbation, reprojection, model response, the widget
+"""flare_nb.nb.pose_explorer: pose perturbation, reprojection, model response, the widget
 (notebooks 02, 04 and 08)."""
 import math
 
@@ -8,10 +8,12 @@ import torch
 
 matplotlib.use("Agg")
 
-from flare_nb import cameras, explore, pose_explorer as pe, synthetic, widgets  # noqa: E402
-from flare_nb.config import tiny  # noqa: E402
-from flare_nb.inference import decode_c2w  # noqa: E402
-from flare_nb.model import FlareModel  # noqa: E402
+from flare_nb import cameras  # noqa: E402
+from flare_nb.nb import explore, pose_explorer as pe, widgets
+from flare_nb.scenes import synthetic
+from flare_nb.model.config import tiny  # noqa: E402
+from flare_nb.model.pose_encoding import decode_c2w, move_camera_in_encoding  # noqa: E402
+from flare_nb.model.flare import FlareModel  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -44,19 +46,20 @@ def test_perturb_pose_enc_single_axis_matches_explore():
     for axis, kw in (("x", dict(rx=12.0, tx=0.3)), ("y", dict(ry=-7.0, ty=0.2)), ("z", dict(rz=20.0, tz=-0.4))):
         rot, tr = [v for k, v in kw.items() if k.startswith("r")][0], [v for k, v in kw.items() if k.startswith("t")][0]
         ref = explore.perturb_view_pose(pose, 1, rot, tr, axis)
-        got = pe.perturb_pose_enc(pose, 1, **kw)
+        got = move_camera_in_encoding(pose, 1, (kw.get("rx", 0.0), kw.get("ry", 0.0), kw.get("rz", 0.0)),
+                                      (kw.get("tx", 0.0), kw.get("ty", 0.0), kw.get("tz", 0.0)))
         assert torch.allclose(got, ref, atol=1e-5), axis
-    assert torch.equal(pe.perturb_pose_enc(pose, 2), pose)
+    assert torch.equal(move_camera_in_encoding(pose, 2), pose)
 
 
 def test_perturb_pose_enc_is_camera_frame_motion():
     """decode(new)[v] == decode(old)[v] @ [R(rx,ry,rz) | m t], other views untouched."""
     g = torch.Generator().manual_seed(1)
     pose = torch.randn(4, 9, generator=g, dtype=torch.float64)
-    new = pe.perturb_pose_enc(pose, 2, 10.0, -20.0, 30.0, 0.1, 0.2, -0.3)
+    new = move_camera_in_encoding(pose, 2, (10.0, -20.0, 30.0), (0.1, 0.2, -0.3))
     m = pose[:, :3].norm(dim=-1).mean()
     D = torch.eye(4, dtype=torch.float64)
-    D[:3, :3] = widgets.euler_to_matrix(10.0, -20.0, 30.0)
+    D[:3, :3] = cameras.euler_to_matrix(10.0, -20.0, 30.0)
     D[:3, 3] = m * torch.tensor([0.1, 0.2, -0.3], dtype=torch.float64)
     assert torch.allclose(decode_c2w(new[2]), decode_c2w(pose[2]) @ D, atol=1e-10)
     assert torch.allclose(new[2, 3:7].norm(), pose[2, 3:7].norm())          # unnormalised norm kept
@@ -66,11 +69,11 @@ def test_perturb_pose_enc_is_camera_frame_motion():
 def test_perturb_pose_enc_errors():
     pose = torch.zeros(3, 9)
     with pytest.raises(ValueError, match=r"view must be an int in \[0, 3\)"):
-        pe.perturb_pose_enc(pose, 3, rx=1.0)
+        move_camera_in_encoding(pose, 3, (1.0, 0, 0))
     with pytest.raises(ValueError, match="finite"):
-        pe.perturb_pose_enc(pose, 0, rx=float("nan"))
+        move_camera_in_encoding(pose, 0, (float("nan"), 0, 0))
     with pytest.raises(ValueError, match=r"\(3, 9\) pose encoding"):
-        pe.perturb_pose_enc(torch.zeros(3, 7), 0)
+        move_camera_in_encoding(torch.zeros(3, 7), 0)
 
 
 def test_translation_unit():
@@ -157,7 +160,7 @@ def test_known_rotation_moves_the_frustum(model, exact_cache):
     assert torch.equal(s["c2w_perturbed"][[0, 2]], s["c2w_base"][[0, 2]])
     # the conditioning pose moved by the same motion in its own frame
     D = torch.eye(4, dtype=torch.float64)
-    D[:3, :3] = widgets.euler_to_matrix(0, 90, 0)
+    D[:3, :3] = cameras.euler_to_matrix(0, 90, 0)
     D[2, 3] = 0.5 * s["pose_enc_base"][:, :3].double().norm(dim=-1).mean()
     assert torch.allclose(decode_c2w(s["pose_enc_new"][1]), decode_c2w(s["pose_enc_base"][1]) @ D, atol=1e-5)
 

@@ -1,4 +1,4 @@
-"""flare_nb.preprocess: official FLARE preprocessing (parity with the reference fixtures),
+"""flare_nb.scenes.preprocess: official FLARE preprocessing (parity with the reference fixtures),
 image loading edge cases, the portrait rule and error messages."""
 import json
 from pathlib import Path
@@ -8,8 +8,8 @@ import pytest
 import torch
 from PIL import Image
 
-from flare_nb import preprocess as pp
-from flare_nb.preprocess import (check_size, from_model_input, images_to_tensor, load_image,
+from flare_nb.scenes import preprocess as pp
+from flare_nb.scenes.preprocess import (check_size, from_model_input, images_to_tensor, load_image,
                                  load_images, oriented_size, resize_crop, to_model_input)
 
 DATA = Path(__file__).resolve().parents[1] / "data"

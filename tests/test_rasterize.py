@@ -1,4 +1,4 @@
-"""Tests of flare_nb.rasterize against a brute-force float64 per-pixel reference and gsplat."""
+"""Tests of flare_nb.render.rasterize against a brute-force float64 per-pixel reference and gsplat."""
 import math
 
 import numpy as np
@@ -6,8 +6,8 @@ import pytest
 import torch
 from scipy.spatial.transform import Rotation
 
-from flare_nb import rasterize as R
-from flare_nb.rasterize import RenderOutput, eval_sh, project_gaussians, rasterize
+from flare_nb.render import rasterize as R
+from flare_nb.render.rasterize import RenderOutput, eval_sh, project_gaussians, rasterize
 
 
 # ----------------------------------------------------------------------------- reference

@@ -1,10 +1,10 @@
-"""flare_nb.render_losses: MSE, SSIM (vs. skimage and known answers), depth loss, VGG16 perceptual loss."""
+"""flare_nb.render.losses: MSE, SSIM (vs. skimage and known answers), depth loss, VGG16 perceptual loss."""
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
-from flare_nb.render_losses import (VGG16_CONVS, PerceptualLoss, VGG16Features, depth_loss,
+from flare_nb.render.losses import (VGG16_CONVS, PerceptualLoss, VGG16Features, depth_loss,
                                     gaussian_window, mse, ssim)
 
 

@@ -1,4 +1,4 @@
-"""Scene loaders (flare_nb.scenes): poses proved RIGHT on real data (SIFT matches on the
+"""Scene loaders (flare_nb.scenes.scene): poses proved RIGHT on real data (SIFT matches on the
 epipolar lines implied by the loaded K and c2w, cameras looking at a common point), format
 details, a COLMAP round trip (text and binary) and clear errors on bad input."""
 import json
@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from flare_nb.cameras import invert_pose, matrix_to_quat, opencv_to_opengl
-from flare_nb.scenes import (detect_format, epipolar_distances, load_colmap, load_mvsnet, load_nerf,
+from flare_nb.scenes.scene import (detect_format, epipolar_distances, load_colmap, load_mvsnet, load_nerf,
                              load_scene, load_strecha, look_at_point)
 
 DATA = Path(__file__).resolve().parents[1] / "data"

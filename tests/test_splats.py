@@ -1,4 +1,4 @@
-"""flare_nb.splats (notebook 05): pointmap -> Gaussians, rendering in our conventions, masked
+"""flare_nb.render.splats (notebook 05): pointmap -> Gaussians, rendering in our conventions, masked
 PSNR, 2D covariances, orbit cameras, and the gradient-descent fit."""
 import math
 
@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from flare_nb import cameras
-from flare_nb.ply import rgb_to_sh, sh_to_rgb
-from flare_nb.rasterize import project_gaussians
-from flare_nb.splats import (covariance_2d, fit_gaussians, gaussians_from_pointmap, look_at_point, masked_psnr,
+from flare_nb.render.ply import rgb_to_sh, sh_to_rgb
+from flare_nb.render.rasterize import project_gaussians
+from flare_nb.render.splats import (covariance_2d, fit_gaussians, gaussians_from_pointmap, look_at_point, masked_psnr,
                              orbit_c2w, orbit_params, perturb_gaussians, render_views)
 
 
@@ -146,7 +146,7 @@ def test_covariance_2d_known_answer():
     """On the optical axis the Jacobian is diag(f/z, f/z): cov2d = (f/z)^2 Sigma_xy + 0.3 I."""
     q = torch.tensor([[math.cos(0.3), 0.2, -0.4, math.sin(0.3)]], dtype=torch.float64)
     s = torch.tensor([[0.3, 0.1, 0.05]], dtype=torch.float64)
-    from flare_nb.rasterize import covariance_3d
+    from flare_nb.render.rasterize import covariance_3d
     Sigma = covariance_3d(q, s)[0]
     K = torch.tensor([[[50.0, 0, 20], [0, 60.0, 20], [0, 0, 1]]], dtype=torch.float64)
     proj = project_gaussians(torch.tensor([[0.0, 0, 2.5]], dtype=torch.float64), q, s, None,

@@ -1,4 +1,4 @@
-"""Tests of flare_nb.synthetic: determinism, shapes, errors, exact geometry, textures."""
+"""Tests of flare_nb.scenes.synthetic: determinism, shapes, errors, exact geometry, textures."""
 
 import math
 
@@ -7,10 +7,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from flare_nb import synthetic
+from flare_nb.scenes import synthetic
 from flare_nb.cameras import invert_pose, project_points
-from flare_nb.scenes import Scene
-from flare_nb.synthetic import SyntheticDataset, check_size, collate_scenes, make_scene, pointmaps
+from flare_nb.scenes.scene import Scene
+from flare_nb.scenes.synthetic import SyntheticDataset, check_size, collate_scenes, make_scene, pointmaps
 
 MODES = ("orbit", "forward")
 
@@ -314,7 +314,7 @@ def test_room_faces_face_inwards_and_are_lit():
 
 
 def test_orbit_arc_sets_the_camera_spread():
-    from flare_nb.synthetic import ORBIT_ARC, check_orbit_arc
+    from flare_nb.scenes.synthetic import ORBIT_ARC, check_orbit_arc
 
     def spread(arc):
         s = make_scene(11, 4, 64, "orbit", orbit_arc=arc)

@@ -1,4 +1,4 @@
-"""The trainer (flare_nb.train): learning, exact resume, DDP equivalence, bad input, checkpoints.
+"""The trainer (flare_nb.train.trainer): learning, exact resume, DDP equivalence, bad input, checkpoints.
 
 Everything runs the tiny model on 64x64 synthetic scenes with 2 views for a few steps.
 """
@@ -8,10 +8,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from flare_nb.train import (CHECKPOINT_NAME, NonFiniteLossError, build_model, frozen_prefixes, launch_ddp,
-                            load_checkpoint, load_trained_model, lr_factor, main, perturb_pose_encoding, read_log,
+from flare_nb.train.trainer import (CHECKPOINT_NAME, NonFiniteLossError, build_model, frozen_prefixes, launch_ddp,
+                            load_checkpoint, load_trained_model, lr_factor, main, read_log,
                             save_checkpoint, select_trainable, train)
-from flare_nb.train_config import TrainConfig, config_diff, load_config
+from flare_nb.model.pose_encoding import perturb_pose_encoding
+from flare_nb.train.config import TrainConfig, config_diff, load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -33,7 +34,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")    # tests/conftest.py
 
 @pytest.fixture(scope="module")
 def scenes():
-    from flare_nb.synthetic import make_scene
+    from flare_nb.scenes.synthetic import make_scene
 
     return [make_scene(s, 2, 64, "orbit") for s in (0, 1)]
 
@@ -227,7 +228,7 @@ def test_empty_and_one_view_datasets(tmp_path, scenes):
 
 
 def test_checkpoint_writes_are_atomic(tmp_path, monkeypatch):
-    import flare_nb.train as tr
+    import flare_nb.train.trainer as tr
 
     path = tmp_path / "ck.pt"
     save_checkpoint(path, {"format": tr.FORMAT, "step": 7, "w": torch.arange(3.0)})
@@ -256,8 +257,8 @@ def test_cli_reports_errors(tmp_path, capsys):
 
 
 def test_model_pose_noise_hook_feeds_stages_2_and_3_only():
-    from flare_nb.config import tiny
-    from flare_nb.model import FlareModel
+    from flare_nb.model.config import tiny
+    from flare_nb.model.flare import FlareModel
 
     torch.manual_seed(0)
     model = FlareModel(tiny()).eval()
@@ -281,8 +282,8 @@ def test_model_pose_noise_hook_feeds_stages_2_and_3_only():
 
 
 def test_orbit_curriculum_widens_the_arc_with_the_step(tmp_path):
-    from flare_nb.synthetic import make_scene
-    from flare_nb.train import _StepBatches, make_datasets, orbit_arc_at
+    from flare_nb.scenes.synthetic import make_scene
+    from flare_nb.train.trainer import _StepBatches, make_datasets, orbit_arc_at
 
     cfg = small_cfg(tmp_path, **{"data.orbit_arc_start": [10, 30], "data.curriculum_steps": 100,
                                  "data.modes": ["orbit"], "batch_size": 1})

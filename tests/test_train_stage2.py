@@ -1,4 +1,4 @@
-"""Cascade stage 2 (flare_nb.train): the NVS model started from a stage-1 run, the coarse pose
+"""Cascade stage 2 (flare_nb.train.trainer): the NVS model started from a stage-1 run, the coarse pose
 predictor frozen, the Gaussians rendered into held-out target views (notebook 06).
 
 Tiny models on 64x64 synthetic scenes, a few steps each.
@@ -9,11 +9,11 @@ import pytest
 import torch
 
 from flare_nb.cameras import invert_pose, transform_points, unproject_depth
-from flare_nb.splats import gaussians_from_pointmap, render_views
-from flare_nb.synthetic import make_scene
-from flare_nb.train import (COARSE_POSE_MODULES, _as_sample, build_model, cameras_in_prediction_frame,
+from flare_nb.render.splats import gaussians_from_pointmap, render_views
+from flare_nb.scenes.synthetic import make_scene
+from flare_nb.train.trainer import (COARSE_POSE_MODULES, _as_sample, build_model, cameras_in_prediction_frame,
                             init_weights, load_checkpoint, render_targets, split_context_target, train)
-from flare_nb.train_config import TrainConfig
+from flare_nb.train.config import TrainConfig
 
 
 def cfg_of(out_dir, **kw) -> TrainConfig:

@@ -10,7 +10,7 @@ import torch  # noqa: E402
 from mpl_toolkits.mplot3d.art3d import Line3DCollection, Path3DCollection  # noqa: E402
 
 from flare_nb.cameras import invert_pose, project_points  # noqa: E402
-from flare_nb.synthetic import make_scene, pointmaps  # noqa: E402
+from flare_nb.scenes.synthetic import make_scene, pointmaps  # noqa: E402
 from flare_nb.viz import frustum_points, plot_cameras, plotly_cameras, show_depth, show_images  # noqa: E402
 
 

@@ -1,0 +1,130 @@
+"""Training losses of the FLARE cascade (notebook 06).
+
+All functions work on plain tensors so they can be read and tested on their own:
+
+* :func:`pose_loss` -- the pose loss over every pose-head iteration (both heads), with the
+  released code's geometric decay ``gamma ** (n - 1 - i)`` and weight 5, L1 by default
+  (the paper's Huber variant with ``kind="huber"``).
+* :func:`confidence_loss` -- DUSt3R's confidence-weighted regression loss
+  ``conf * |p - g| - alpha * log(conf)`` on pointmaps normalised by their mean distance to
+  the origin over all views.
+* :func:`geometry_loss` -- FLARE's two geometry terms: camera-centric pointmaps (moved to
+  view 0's frame with the ground-truth pose, weight 0.5) and global pointmaps (weight 1.0).
+
+Pose encodings follow :mod:`flare_nb.model.pose_predictor`: ``(..., 9) = [T(3), q wxyz(4),
+focal logits(2)]``, camera-to-world relative to view 0 (README "Conventions").
+"""
+from __future__ import annotations
+
+
+import torch
+import torch.nn.functional as F
+
+from flare_nb.cameras import matrix_to_quat, normalize_translation, relative_to_view0, transform_points
+
+
+def gt_pose_targets(c2w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Ground-truth pose-head targets from camera-to-world poses ``(B, V, 4, 4)``.
+
+    Returns ``(T (B, V, 3), q (B, V, 4))``: poses relative to view 0, translation divided by
+    the mean translation norm over the views (FLARE's normalisation), unit quaternions wxyz
+    with w >= 0.
+    """
+    rel = torch.stack([normalize_translation(relative_to_view0(p))[0] for p in c2w])
+    return rel[..., :3, 3], matrix_to_quat(rel[..., :3, :3])
+
+
+def pose_loss(pred_encodings: list[torch.Tensor], c2w_gt: torch.Tensor, gamma: float = 0.8,
+              weight: float = 5.0, kind: str = "l1", huber_delta: float = 0.1) -> tuple[torch.Tensor, dict]:
+    """Pose loss over all pose-head iterations.
+
+    ``pred_encodings``: list of ``(B, V, 9)`` raw encodings, in order (stage-1 iterations then
+    stage-2 iterations: 8 for the released model). Iteration ``i`` of ``n`` is weighted by
+    ``gamma ** (n - 1 - i)`` so the last counts most. Per iteration:
+    ``weight * (mean|q - q_gt| + mean|T - T_gt|)`` (``kind="l1"``, as released) or the same
+    with a Huber penalty (``kind="huber"``, as in the paper).
+    Returns ``(loss, {"pose_rot": last-iteration rotation term, "pose_trans": ...})``.
+    """
+    if kind not in ("l1", "huber"):
+        raise ValueError(f"pose loss kind must be 'l1' or 'huber', got {kind!r}")
+    if not pred_encodings:
+        raise ValueError("pose_loss needs at least one pose encoding")
+    T_gt, q_gt = gt_pose_targets(c2w_gt.to(pred_encodings[0].dtype))
+    n = len(pred_encodings)
+    total = pred_encodings[0].new_zeros(())
+    for i, enc in enumerate(pred_encodings):
+        if enc.shape[:-1] != T_gt.shape[:-1] or enc.shape[-1] < 7:
+            raise ValueError(f"pose encoding {i} has shape {tuple(enc.shape)}, expected {tuple(T_gt.shape[:-1])} + (9,)")
+        if kind == "l1":
+            lt = (enc[..., :3] - T_gt).abs().mean()
+            lq = (enc[..., 3:7] - q_gt).abs().mean()
+        else:
+            lt = F.huber_loss(enc[..., :3], T_gt, delta=huber_delta)
+            lq = F.huber_loss(enc[..., 3:7], q_gt, delta=huber_delta)
+        total = total + gamma ** (n - 1 - i) * weight * (lq + lt)
+    return total, {"pose_rot": lq.detach(), "pose_trans": lt.detach()}
+
+
+def mean_distance(points: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean distance to the origin of ``points (B, V, H, W, 3)`` over all valid pixels of all
+    views, per batch element: ``(B,)``. Used to normalise pointmaps (DUSt3R's 'avg_dis')."""
+    d = points.norm(dim=-1)
+    if valid is None:
+        return d.flatten(1).mean(1).clamp_min(1e-8)
+    v = valid.to(d.dtype)
+    return ((d * v).flatten(1).sum(1) / v.flatten(1).sum(1).clamp_min(1)).clamp_min(1e-8)
+
+
+def confidence_loss(pred: torch.Tensor, conf: torch.Tensor, gt: torch.Tensor, valid: torch.Tensor,
+                    alpha: float = 0.2) -> tuple[torch.Tensor, torch.Tensor]:
+    """DUSt3R's confidence-aware regression loss.
+
+    ``pred, gt (B, V, H, W, 3)``, ``conf (B, V, H, W)`` (>= 1, from ``1 + exp``), ``valid``
+    boolean ``(B, V, H, W)``. Both pointmaps are divided by their own mean distance to the
+    origin (so the loss is invariant to the global scale of each). Returns
+    ``(mean over valid pixels of conf * |p - g| - alpha * log conf, plain mean |p - g|)``.
+    """
+    if pred.shape != gt.shape or conf.shape != pred.shape[:-1] or valid.shape != conf.shape:
+        raise ValueError(f"shapes do not match: pred {tuple(pred.shape)}, gt {tuple(gt.shape)}, "
+                         f"conf {tuple(conf.shape)}, valid {tuple(valid.shape)}")
+    if not bool(valid.any()):
+        raise ValueError("confidence_loss: no valid pixel in the batch (check the depth / mask)")
+    pn = pred / mean_distance(pred, valid).view(-1, 1, 1, 1, 1)
+    gn = gt / mean_distance(gt, valid).view(-1, 1, 1, 1, 1)
+    err = (pn - gn).norm(dim=-1)[valid]
+    c = conf[valid]
+    return (c * err - alpha * torch.log(c)).mean(), err.mean().detach()
+
+
+def geometry_loss(pts_cam: torch.Tensor, conf_cam: torch.Tensor, pts_global: torch.Tensor,
+                  conf_global: torch.Tensor, gt_cam: torch.Tensor, c2w_gt: torch.Tensor, valid: torch.Tensor,
+                  w_cam: float = 0.5, w_global: float = 1.0, alpha: float = 0.2) -> tuple[torch.Tensor, dict]:
+    """FLARE's geometry loss.
+
+    ``pts_cam (B, V, H, W, 3)``: predicted camera-centric pointmaps, each in its own camera
+    frame; ``pts_global``: predicted global pointmaps in view 0's frame; ``gt_cam``: ground-
+    truth camera-frame pointmaps; ``c2w_gt (B, V, 4, 4)``. The camera-centric prediction is
+    moved to view 0's frame with the ground-truth relative pose (translation in the units of
+    ``gt_cam`` divided by their mean distance, so both live at the same scale) before the
+    loss, as the released code does; the global prediction is compared with the ground truth
+    expressed in view 0's frame. ``pts_cam = conf_cam = None`` (the NVS model, which has no
+    camera-centric head) leaves only the global term (``geo_cam`` is then 0).
+    """
+    B, V = gt_cam.shape[:2]
+    rel = torch.stack([relative_to_view0(p) for p in c2w_gt.to(gt_cam.dtype)])           # (B, V, 4, 4)
+    gt_v0 = transform_points(rel[:, :, None], gt_cam)                                    # (B, V, H, W, 3)
+    s = mean_distance(gt_v0, valid).view(B, 1, 1, 1)
+    if pts_cam is None:
+        l_glob, e_glob = confidence_loss(pts_global, conf_global, gt_v0, valid, alpha)
+        zero = l_glob.new_zeros(())
+        return w_global * l_glob, {"geo_cam": zero, "geo_global": l_glob.detach(), "err_cam": zero,
+                                   "err_global": e_glob}
+    rel_n = rel.clone()
+    rel_n[..., :3, 3] = rel[..., :3, 3] / s
+    # predicted camera-frame points, scaled to the ground truth's normalised units, moved with the GT pose
+    pc = pts_cam / mean_distance(pts_cam, valid).view(B, 1, 1, 1, 1) * mean_distance(gt_cam / s.view(B, 1, 1, 1, 1), valid).view(B, 1, 1, 1, 1)
+    pc_v0 = transform_points(rel_n[:, :, None], pc)
+    l_cam, e_cam = confidence_loss(pc_v0, conf_cam, gt_v0, valid, alpha)
+    l_glob, e_glob = confidence_loss(pts_global, conf_global, gt_v0, valid, alpha)
+    return w_cam * l_cam + w_global * l_glob, {"geo_cam": l_cam.detach(), "geo_global": l_glob.detach(),
+                                               "err_cam": e_cam, "err_global": e_glob}
