@@ -29,7 +29,7 @@ import torch
 __all__ = [
     "invert_pose", "opengl_to_opencv", "opencv_to_opengl", "quat_to_matrix", "matrix_to_quat", "quat_multiply",
     "euler_to_matrix",
-    "relative_to_view0", "normalize_translation", "pixel_grid", "unproject_depth",
+    "relative_to_view0", "normalize_translation", "mean_distance", "pixel_grid", "unproject_depth",
     "transform_points", "project_points", "umeyama", "align_trajectories", "estimate_focal",
     "intrinsics_from_focal", "pnp_poses", "gsplat_K", "opencv_K",
 ]
@@ -173,6 +173,16 @@ def normalize_translation(c2w: torch.Tensor, mode: str = "mean") -> tuple[torch.
 
 
 # ----------------------------------------------------------------------------- pixels and points
+
+
+def mean_distance(points: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean distance to the origin of ``points (B, V, H, W, 3)`` over all valid pixels of all
+    views, per batch element: ``(B,)``. Used to normalise pointmaps (DUSt3R's 'avg_dis')."""
+    d = points.norm(dim=-1)
+    if valid is None:
+        return d.flatten(1).mean(1).clamp_min(1e-8)
+    v = valid.to(d.dtype)
+    return ((d * v).flatten(1).sum(1) / v.flatten(1).sum(1).clamp_min(1)).clamp_min(1e-8)
 
 
 def pixel_grid(H: int, W: int, dtype=torch.float32, device=None) -> torch.Tensor:

@@ -37,6 +37,14 @@ from pathlib import Path
 
 import torch
 
+from flare_nb import cameras as cams
+from flare_nb import data_dir, export
+from flare_nb.device import resolve_device
+from flare_nb.inference import load_model, reconstruct, resolve_config
+from flare_nb.scenes import reference_view
+from flare_nb.scenes.preprocess import (IMAGE_EXTENSIONS, check_size,
+                                        load_image, load_images, oriented_size)
+
 __all__ = ["main", "build_parser", "collect_images", "parse_size", "estimate_memory_bytes", "check_memory",
            "run", "default_size", "MEMORY_MODEL"]
 
@@ -63,7 +71,6 @@ def _warn(msg: str) -> None:
 # ----------------------------------------------------------------------------- inputs
 def parse_size(text: str) -> tuple[int, int]:
     """``"512x384"`` -> ``(512, 384)`` (W, H), both positive multiples of 64 (``"256"`` = square)."""
-    from flare_nb.scenes.preprocess import check_size
 
     parts = str(text).lower().replace("*", "x").split("x")
     try:
@@ -92,7 +99,6 @@ def collect_images(inputs, max_views: int = DEFAULT_MAX_VIEWS) -> tuple[list[Pat
     files are not decoded here. Raises FileNotFoundError for a missing path and ValueError
     when fewer than 2 images are found.
     """
-    from flare_nb.scenes.preprocess import IMAGE_EXTENSIONS
 
     if isinstance(max_views, bool) or not isinstance(max_views, int) or max_views < 2:
         raise ValueError(f"--max-views must be an integer >= 2, got {max_views!r}")
@@ -132,7 +138,6 @@ def collect_images(inputs, max_views: int = DEFAULT_MAX_VIEWS) -> tuple[list[Pat
 def _decode_all(paths) -> tuple[list[Path], list[str], list[str]]:
     """Decode every file once; unreadable ones are dropped with a warning. Returns
     ``(good paths, warnings, error messages)``."""
-    from flare_nb.scenes.preprocess import load_image
 
     good, warns, errors = [], [], []
     for p in paths:
@@ -260,11 +265,6 @@ def run(inputs, out, checkpoint=None, config="tiny", size=None, device="auto", r
     """The whole ``flare-nb reconstruct`` (module docstring); returns a dict with ``files``
     ({name: bytes}), ``timings`` (seconds per stage), ``order`` (input index of each view),
     ``weights_random`` and ``out``. Raises ValueError / FileNotFoundError on bad input."""
-    from flare_nb import export
-    from flare_nb.scenes import reference_view
-    from flare_nb.device import resolve_device
-    from flare_nb.inference import load_model, reconstruct, resolve_config
-    from flare_nb.scenes.preprocess import load_image, load_images, oriented_size
 
     t_all = time.perf_counter()
     timings: dict[str, float] = {}
@@ -362,7 +362,6 @@ def run(inputs, out, checkpoint=None, config="tiny", size=None, device="auto", r
     focal_source = "view 0's global pointmap (FLARE demo)"
     K = rec.K
     if K is None:
-        from flare_nb import cameras as cams
         try:
             f = cams.estimate_focal(rec.pts3d_cam[0])
             K = cams.intrinsics_from_focal(f, H, W)
@@ -540,7 +539,6 @@ def main(argv=None) -> int:
                   pnp_iterations=args.pnp_iterations, render=not args.no_render)
         kw["size"] = None if args.size is None else parse_size(args.size)
         if args.command == "demo":
-            from flare_nb import data_dir
 
             room = data_dir() / "real" / "room"
             if not 2 <= args.views <= 8:

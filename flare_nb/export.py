@@ -41,6 +41,8 @@ import torch
 
 from flare_nb import cameras
 from flare_nb.render.ply import save_gaussians_ply, save_points_ply
+from flare_nb.render.rasterize import rasterize
+from flare_nb.viz import plot_cameras
 
 __all__ = ["confident_mask", "colored_points", "write_cameras_json", "write_colmap_text",
            "write_transforms_json", "write_points_ply", "gaussians_from_pointmap", "write_gaussians_ply",
@@ -300,7 +302,6 @@ def render_gaussians(g: dict, c2w, K, hw, device="cpu", background=(1.0, 1.0, 1.
     :func:`flare_nb.render.rasterize.rasterize` (gsplat on CUDA, our tile rasterizer on the CPU);
     ``max_gaussians``: render :func:`thin_gaussians` instead. Returns ``(V, H, W, 3)`` float32
     in [0, 1]."""
-    from flare_nb.render.rasterize import rasterize
 
     g = thin_gaussians(g, max_gaussians)
     c2w, K, _, (H, W) = _cams(c2w, K, [str(i) for i in range(len(c2w))], hw)
@@ -352,9 +353,9 @@ def save_render_grid(path, inputs: torch.Tensor, renders: torch.Tensor) -> Path:
 def save_summary_figure(path, c2w, K, hw, points, colors, images, title: str = "") -> Path:
     """One PNG: the input views (view 0 = reference) and a 3D plot of the cameras and points
     (:func:`flare_nb.viz.plot_cameras`)."""
-    from matplotlib.figure import Figure  # a pyplot-free figure: never touches the notebook's backend
+    from matplotlib.figure import \
+        Figure  # a pyplot-free figure: never touches the notebook's backend
 
-    from flare_nb.viz import plot_cameras
 
     V = images.shape[0]
     ncol = min(V, 4)

@@ -33,12 +33,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from flare_nb import cameras
-from flare_nb.model import config as config_module
-from flare_nb.model.config import FlareConfig
+from flare_nb import cameras, data_dir
 from flare_nb.device import autocast_dtype, resolve_device
+from flare_nb.model import config as config_module
+from flare_nb.model.checkpoint import load_flare_checkpoint
+from flare_nb.model.config import FlareConfig
 from flare_nb.model.flare import FlareModel
 from flare_nb.model.pose_encoding import decode_c2w
+from flare_nb.model.reference import deterministic_fill
+from flare_nb.scenes import preprocess
+from flare_nb.scenes.preprocess import to_model_input
 
 __all__ = ["Reconstruction", "load_model", "reconstruct", "resolve_config", "default_checkpoint", "STAGES"]
 
@@ -61,7 +65,6 @@ def resolve_config(config) -> FlareConfig:
 
 def default_checkpoint() -> Path:
     """Where the workbook keeps the trained tiny model: ``data/checkpoints/tiny_geometry.pt``."""
-    from flare_nb import data_dir
 
     return data_dir() / "checkpoints" / "tiny_geometry.pt"
 
@@ -76,7 +79,7 @@ def load_model(checkpoint=None, config="tiny", device="auto", dtype: torch.dtype
             other config RANDOM weights (the deterministic recipe of the reference fixtures,
             :func:`flare_nb.model.reference.deterministic_fill`, so no time goes into initialising
             1.4 G parameters). A path: ``.pth`` / ``.pt`` / ``.safetensors``, the released
-            files or a ``flare_nb.train.trainer`` checkpoint, loaded strictly with
+            files or a ``flare_nb.train`` checkpoint, loaded strictly with
             :func:`flare_nb.model.checkpoint.load_flare_checkpoint` (wrong kind / shapes / keys raise
             ``CheckpointError``; a missing file ``FileNotFoundError``).
         config: ``"tiny"`` | ``"official_geometry"`` | a ``FlareConfig``.
@@ -87,8 +90,6 @@ def load_model(checkpoint=None, config="tiny", device="auto", dtype: torch.dtype
     Sets ``model.weights_label`` (a sentence for notebook output), ``model.weights_random``
     (bool) and ``model.load_report`` (``LoadReport`` or None). Notebook 01.
     """
-    from flare_nb.model.checkpoint import load_flare_checkpoint
-    from flare_nb.model.reference import deterministic_fill
 
     cfg = resolve_config(config)
     dev = resolve_device(device)
@@ -213,7 +214,6 @@ def _as_images01(images, size, multiple: int):
     """Input -> ``((V, 3, H, W) float32 in [0, 1], info, seconds)`` with all the checks."""
     from PIL import Image
 
-    from flare_nb.scenes import preprocess
 
     t0 = time.perf_counter()
     if size is not None:
@@ -329,7 +329,6 @@ def reconstruct(model: FlareModel, images, size=None, device="auto", pnp: bool =
     model.to(dev).eval()
     pdtype = next(model.parameters()).dtype
     V, _, H, W = x01.shape
-    from flare_nb.scenes.preprocess import to_model_input
 
     x = to_model_input(x01)[None].to(dev, pdtype)
     kw = {}

@@ -23,6 +23,13 @@ from pathlib import Path
 
 import torch
 
+from flare_nb import cameras
+from flare_nb.export import colored_points, confident_mask, fov_K
+from flare_nb.render.ply import load_gaussians_ply, load_points_ply
+from flare_nb.scenes.preprocess import load_image, load_images, oriented_size
+from flare_nb.scenes.scene import load_colmap, load_nerf
+from flare_nb.viz import plot_cameras
+
 __all__ = ["photo_table", "load_photos", "crop_box", "plot_preprocessing", "plot_similarity", "cameras_for_export",
            "confidence_points", "plot_confidence", "confidence_callback", "make_confidence_widget", "list_files",
            "human_size", "read_back_exports"]
@@ -38,7 +45,6 @@ def photo_table(paths) -> list[dict]:
     ``size`` (W, H after the orientation is applied, what the model sees before resizing)."""
     from PIL import Image
 
-    from flare_nb.scenes.preprocess import load_image
 
     rows = []
     for p in map(Path, paths):
@@ -57,7 +63,6 @@ def load_photos(paths, size) -> tuple[torch.Tensor, list[dict], list[str]]:
     target unless the set mixes portrait and landscape, in which case all are cropped to
     ``size`` and a note says so. ``info``: per view ``path``, ``src_size``, ``scale``,
     ``resized``, ``crop_left_top``, ``size``."""
-    from flare_nb.scenes.preprocess import load_image, load_images, oriented_size
 
     notes = []
     with warnings.catch_warnings():
@@ -89,7 +94,6 @@ def plot_preprocessing(paths, info: list[dict], images: torch.Tensor, max_views:
     import matplotlib.pyplot as plt
     from matplotlib.patches import Rectangle
 
-    from flare_nb.scenes.preprocess import load_image
 
     n = min(len(paths), max_views)
     fig, axes = plt.subplots(2, n, figsize=(3.2 * n, 5.2), squeeze=False)
@@ -142,8 +146,6 @@ def cameras_for_export(rec) -> dict:
     its camera-centric one, else a 60 degree field of view) and the PnP cameras (else the
     refined pose head). Returns ``c2w (V, 4, 4)``, ``K (V, 3, 3)`` float32, ``pose_source``,
     ``focal_source``."""
-    from flare_nb import cameras
-    from flare_nb.export import fov_K
 
     V, (H, W) = rec.n_views, rec.hw
     focal_source, K = "view 0's global pointmap (FLARE demo)", rec.K
@@ -170,7 +172,6 @@ def confidence_points(pts: torch.Tensor, conf: torch.Tensor, images: torch.Tenso
     ``conf (V, H, W)``, ``images (V, 3, H, W)``. Returns ``mask (V, H, W)``, ``n_kept``,
     ``n_total``, ``fraction``, ``per_view (V,)`` kept fractions, ``points (N, 3)``,
     ``colors (N, 3)`` (at most ``max_points``, fixed-seed subset) and ``drop``."""
-    from flare_nb.export import colored_points, confident_mask
 
     mask = confident_mask(conf, drop, pts)
     P, C, _, _ = colored_points(pts, images, mask, max_points=max_points)
@@ -184,7 +185,6 @@ def plot_confidence(res: dict, c2w=None, K=None, hw=None):
     the cameras (:func:`flare_nb.viz.plot_cameras`). Returns the figure."""
     import matplotlib.pyplot as plt
 
-    from flare_nb.viz import plot_cameras
 
     mask = res["mask"]
     V = mask.shape[0]
@@ -262,8 +262,6 @@ def read_back_exports(folder) -> dict:
 
     import pycolmap
 
-    from flare_nb.render.ply import load_gaussians_ply, load_points_ply
-    from flare_nb.scenes.scene import load_colmap, load_nerf
 
     folder = Path(folder)
     for name in ("cameras.json", "transforms.json", "points.ply", "gaussians.ply", "sparse/0/cameras.txt"):

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from flare_nb.model.checkpoint import save_flare_checkpoint
-from flare_nb.train.trainer import load_checkpoint
+from flare_nb.train.state import load_checkpoint
 
 
 def main(argv=None) -> int:

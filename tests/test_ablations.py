@@ -10,7 +10,7 @@ import torch
 from flare_nb.train import ablations as ab
 from flare_nb.model.config import tiny
 from flare_nb.model.flare import FlareModel
-from flare_nb.train.trainer import build_model
+from flare_nb.train.build import build_model
 from flare_nb.train.config import config_diff, load_config
 
 ROOT = Path(__file__).resolve().parents[1]

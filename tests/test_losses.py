@@ -6,7 +6,8 @@ import torch
 
 from flare_nb.cameras import quat_to_matrix, relative_to_view0, unproject_depth
 from flare_nb.model.pose_encoding import perturb_poses
-from flare_nb.train.losses import (confidence_loss, geometry_loss, gt_pose_targets, mean_distance,
+from flare_nb.cameras import mean_distance
+from flare_nb.train.losses import (confidence_loss, geometry_loss, gt_pose_targets,
                              pose_loss)
 
 

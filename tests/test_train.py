@@ -1,4 +1,4 @@
-"""The trainer (flare_nb.train.trainer): learning, exact resume, DDP equivalence, bad input, checkpoints.
+"""The trainer (flare_nb.train): learning, exact resume, DDP equivalence, bad input, checkpoints.
 
 Everything runs the tiny model on 64x64 synthetic scenes with 2 views for a few steps.
 """
@@ -8,9 +8,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from flare_nb.train.trainer import (CHECKPOINT_NAME, NonFiniteLossError, build_model, frozen_prefixes, launch_ddp,
-                            load_checkpoint, load_trained_model, lr_factor, main, read_log,
-                            save_checkpoint, select_trainable, train)
+from flare_nb.train.build import build_model, frozen_prefixes, select_trainable
+from flare_nb.train.launch import launch_ddp, main
+from flare_nb.train.logs import read_log
+from flare_nb.train.loop import NonFiniteLossError, train
+from flare_nb.train.optim import lr_factor
+from flare_nb.train.state import CHECKPOINT_NAME, load_checkpoint, load_trained_model, save_checkpoint
 from flare_nb.model.pose_encoding import perturb_pose_encoding
 from flare_nb.train.config import TrainConfig, config_diff, load_config
 
@@ -228,7 +231,7 @@ def test_empty_and_one_view_datasets(tmp_path, scenes):
 
 
 def test_checkpoint_writes_are_atomic(tmp_path, monkeypatch):
-    import flare_nb.train.trainer as tr
+    import flare_nb.train.state as tr
 
     path = tmp_path / "ck.pt"
     save_checkpoint(path, {"format": tr.FORMAT, "step": 7, "w": torch.arange(3.0)})
@@ -283,7 +286,7 @@ def test_model_pose_noise_hook_feeds_stages_2_and_3_only():
 
 def test_orbit_curriculum_widens_the_arc_with_the_step(tmp_path):
     from flare_nb.scenes.synthetic import make_scene
-    from flare_nb.train.trainer import _StepBatches, make_datasets, orbit_arc_at
+    from flare_nb.train.data import StepBatches, make_datasets, orbit_arc_at
 
     cfg = small_cfg(tmp_path, **{"data.orbit_arc_start": [10, 30], "data.curriculum_steps": 100,
                                  "data.modes": ["orbit"], "batch_size": 1})
@@ -291,7 +294,7 @@ def test_orbit_curriculum_widens_the_arc_with_the_step(tmp_path):
     assert orbit_arc_at(cfg, 100) == orbit_arc_at(cfg, 10_000) == (40.0, 200.0)
     assert orbit_arc_at(small_cfg(tmp_path), 0) is None
     train_ds, _ = make_datasets(cfg)
-    batches = _StepBatches(train_ds, cfg, [0])
+    batches = StepBatches(train_ds, cfg, [0])
     seed = train_ds.seeds[batches.index(0)]
     want = make_scene(seed, 2, 64, "orbit", orbit_arc=(10, 30))
     assert torch.equal(batches[0]["c2w"][0], want.c2w)

@@ -1,4 +1,4 @@
-"""Cascade stage 2 (flare_nb.train.trainer): the NVS model started from a stage-1 run, the coarse pose
+"""Cascade stage 2 (flare_nb.train): the NVS model started from a stage-1 run, the coarse pose
 predictor frozen, the Gaussians rendered into held-out target views (notebook 06).
 
 Tiny models on 64x64 synthetic scenes, a few steps each.
@@ -11,8 +11,11 @@ import torch
 from flare_nb.cameras import invert_pose, transform_points, unproject_depth
 from flare_nb.render.splats import gaussians_from_pointmap, render_views
 from flare_nb.scenes.synthetic import make_scene
-from flare_nb.train.trainer import (COARSE_POSE_MODULES, _as_sample, build_model, cameras_in_prediction_frame,
-                            init_weights, load_checkpoint, render_targets, split_context_target, train)
+from flare_nb.render.targets import cameras_in_prediction_frame, render_targets
+from flare_nb.scenes.sample import as_sample, split_context_target
+from flare_nb.train.build import COARSE_POSE_MODULES, build_model, init_weights
+from flare_nb.train.loop import train
+from flare_nb.train.state import load_checkpoint
 from flare_nb.train.config import TrainConfig
 
 
@@ -50,11 +53,11 @@ def test_split_context_target():
 
 def test_sample_holds_context_and_targets():
     scene = make_scene(3, 3, 64, "orbit")
-    s = _as_sample(scene, "x", 2, torch.Generator().manual_seed(0), n_targets=1)
+    s = as_sample(scene, "x", 2, torch.Generator().manual_seed(0), n_targets=1)
     assert torch.equal(s["images"], scene.images[[0, 2]]) and torch.equal(s["target_images"], scene.images[[1]])
     assert torch.equal(s["target_c2w"], scene.c2w[[1]]) and s["target_depth"].shape == (1, 64, 64)
     with pytest.raises(ValueError, match="render.n_targets"):
-        _as_sample(make_scene(3, 2, 64, "orbit"), "two-view scene", 2, torch.Generator(), n_targets=1)
+        as_sample(make_scene(3, 2, 64, "orbit"), "two-view scene", 2, torch.Generator(), n_targets=1)
 
 
 def test_cameras_in_prediction_frame_is_scale_consistent():
@@ -78,7 +81,7 @@ def test_render_targets_matches_rendering_in_the_world_frame():
     same Gaussians built in the world frame and rendered with the world cameras: the scale is
     recovered and the cameras are moved consistently."""
     scene = make_scene(7, 3, 64, "orbit")
-    s = _as_sample(scene, "x", 2, torch.Generator(), n_targets=1)
+    s = as_sample(scene, "x", 2, torch.Generator(), n_targets=1)
     cam = unproject_depth(s["depth"], s["K"])
     rel = invert_pose(s["c2w"][0])[None] @ s["c2w"]
     pts = 3.0 * transform_points(rel[:, None], cam)                       # view 0's frame, another scale

@@ -36,6 +36,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from flare_nb.cameras import invert_pose, opencv_K
+from flare_nb.scenes.preprocess import load_images
+
 __all__ = ["BaselineResult", "colmap_poses", "CAMERA_MODELS"]
 
 CAMERA_MODELS = ("SIMPLE_RADIAL", "SIMPLE_PINHOLE")  # one focal, principal point, (radial k)
@@ -75,7 +78,6 @@ class BaselineResult:
 def _as_images(images) -> torch.Tensor:
     """``(V, 3, H, W)`` float in [0, 1] from a tensor / array or a list of image paths."""
     if isinstance(images, (list, tuple)) and images and isinstance(images[0], (str, Path)):
-        from flare_nb.scenes.preprocess import load_images
 
         missing = [str(p) for p in images if not Path(p).is_file()]
         if missing:
@@ -170,7 +172,6 @@ def colmap_poses(images, work_dir=None, seed: int = 0, camera_model: str = "SIMP
     """
     import pycolmap
 
-    from flare_nb.cameras import invert_pose, opencv_K
 
     if camera_model not in CAMERA_MODELS:
         raise ValueError(f"colmap_poses: camera_model must be one of {CAMERA_MODELS}, got {camera_model!r}")

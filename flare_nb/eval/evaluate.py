@@ -37,8 +37,14 @@ from dataclasses import replace
 import numpy as np
 import torch
 
-from flare_nb.eval.metrics import pointcloud_metrics, pose_summary, relative_pose_errors
+from flare_nb.eval.baselines import colmap_poses
+from flare_nb.eval.metrics import (pointcloud_metrics, pose_summary,
+                                   relative_pose_errors)
+from flare_nb.inference import load_model, reconstruct
+from flare_nb.model.config import FlareConfig
 from flare_nb.scenes.scene import Scene
+from flare_nb.scenes.synthetic import MODES, check_size, make_scene
+from flare_nb.scenes.synthetic import pointmaps as gt_pointmaps
 
 __all__ = ["FAILED_DEG", "HELD_OUT_SEED_START", "held_out_seeds", "evaluate_poses", "evaluate_pointmaps",
            "evaluate_prediction", "evaluate_on_synthetic", "evaluate_scene", "format_table", "METHODS",
@@ -200,7 +206,6 @@ def evaluate_prediction(pred: dict, scene: Scene) -> dict:
         row["focal_err_%"] = (100.0 * ((fx[ok] - fx_gt[ok]).abs() / fx_gt[ok]).mean().item()
                               if ok.any() else float("nan"))
     if pred.get("pointmaps") is not None and scene.depth is not None:
-        from flare_nb.scenes.synthetic import pointmaps as gt_pointmaps
 
         pm = torch.as_tensor(pred["pointmaps"]).double()
         pm = torch.where(reg[:, None, None, None], pm, torch.full_like(pm, float("nan")))
@@ -211,7 +216,6 @@ def evaluate_prediction(pred: dict, scene: Scene) -> dict:
 def colmap_method(seed: int = 0, camera_model: str = "SIMPLE_RADIAL") -> PredictFn:
     """Factory of the COLMAP baseline's ``predict_fn`` (:func:`flare_nb.eval.baselines.colmap_poses`):
     returns ``c2w``, ``registered`` and the estimated ``K``."""
-    from flare_nb.eval.baselines import colmap_poses
 
     def predict(scene: Scene) -> dict:
         r = colmap_poses(scene.images, seed=int(seed), camera_model=camera_model)
@@ -225,12 +229,10 @@ POSE_SOURCES = ("stage1", "stage2", "pnp")
 
 def load_flare_for_eval(checkpoint=None, config="tiny", device="cpu", seed: int = 0):
     """``FlareModel`` for evaluation via :func:`flare_nb.inference.load_model`; a
-    ``flare_nb.train.trainer`` checkpoint brings its own model config (e.g. an ablation's
+    ``flare_nb.train`` checkpoint brings its own model config (e.g. an ablation's
     ``pose_conditioning=False``), which then replaces ``config``."""
     from pathlib import Path
 
-    from flare_nb.model.config import FlareConfig
-    from flare_nb.inference import load_model
 
     if checkpoint not in (None, "") and Path(checkpoint).is_file() and str(checkpoint).endswith((".pt", ".pth")):
         try:
@@ -266,7 +268,6 @@ def flare_method(checkpoint: str = "", config="tiny", poses: str = "stage2", dev
     (the global head's, view 0's frame). It also has ``predict_fn.model`` and
     ``predict_fn.weights_label``.
     """
-    from flare_nb.inference import reconstruct
 
     if poses not in POSE_SOURCES:
         raise ValueError(f"flare_method: poses must be one of {POSE_SOURCES}, got {poses!r}")
@@ -350,7 +351,6 @@ def evaluate_on_synthetic(predict_fn: PredictFn, seeds: int | Iterable[int] = 10
     :func:`evaluate_prediction` and ``time_s`` (wall time of ``predict_fn``).
     ``progress(row)`` is called after each scene. Notebook 07.
     """
-    from flare_nb.scenes.synthetic import MODES, check_size, make_scene
 
     if not callable(predict_fn):
         raise TypeError(f"evaluate_on_synthetic: predict_fn must be callable, got {type(predict_fn).__name__}")

@@ -33,7 +33,9 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from flare_nb.render.losses import VGG16_TAPS, VGG16Features, ssim  # noqa: F401  (ssim re-exported)
+from flare_nb.cameras import umeyama
+from flare_nb.render.losses import (  # noqa: F401  (ssim re-exported)
+    VGG16_TAPS, VGG16Features, ssim)
 
 # ---------------------------------------------------------------------------------------------
 # images
@@ -225,7 +227,6 @@ def _points64(x, name: str) -> np.ndarray:
 
 
 def _sim3(src: np.ndarray, dst: np.ndarray):
-    from flare_nb.cameras import umeyama
     s, R, t = umeyama(torch.from_numpy(src), torch.from_numpy(dst))
     return float(s), R.numpy(), t.numpy()
 

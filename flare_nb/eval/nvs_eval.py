@@ -2,10 +2,10 @@
 
 Protocol (FLARE's is not released; ours, stated once here): a held-out synthetic sequence of
 ``n_views + n_targets`` views (seeds >= 1 000 000, never trained on) is split with
-:func:`flare_nb.train.trainer.split_context_target`: the interior target views are hidden, the
+:func:`flare_nb.scenes.sample.split_context_target`: the interior target views are hidden, the
 methods see the ``n_views`` context images (and, for the NVS model, their intrinsics). Each
 method renders the targets in their ground-truth cameras, moved into the prediction's frame
-(view 0's camera, prediction units) by :func:`flare_nb.train.trainer.render_targets`; the scale comes
+(view 0's camera, prediction units) by :func:`flare_nb.render.targets.render_targets`; the scale comes
 from the context views' ground-truth depth. (The paper instead refines the target poses by
 100 Adam steps of test-time alignment.) Scores: PSNR and SSIM (:mod:`flare_nb.eval.metrics`) over
 the whole image (black background where nothing is rendered), LPIPS when local weights are
@@ -31,13 +31,20 @@ from pathlib import Path
 
 import torch
 
+from flare_nb.eval.evaluate import (HELD_OUT_SEED_START, format_table,
+                                    held_out_seeds, load_flare_for_eval)
+from flare_nb.eval.metrics import psnr, ssim
+from flare_nb.render.splats import gaussians_from_pointmap
+from flare_nb.render.targets import render_targets
+from flare_nb.scenes.sample import as_sample
+from flare_nb.scenes.synthetic import check_size, make_scene
+
 __all__ = ["NVS_METHODS", "evaluate_novel_views", "main"]
 
 NVS_METHODS = ("flare-nvs", "pointmap-splats", "nearest-view")
 
 
 def _scores(pred: torch.Tensor, target: torch.Tensor, lpips=None) -> dict:
-    from flare_nb.eval.metrics import psnr, ssim
 
     pred = pred.clamp(0, 1)
     out = {"PSNR": float(psnr(pred, target)), "SSIM": float(ssim(pred, target))}
@@ -57,10 +64,6 @@ def evaluate_novel_views(nvs_model=None, geometry_model=None, seeds: Sequence[in
     ``geometry_model``: kind ``"geometry"`` (or None to skip ``pointmap-splats``);
     ``nearest-view`` always runs. Scenes of every mode in ``modes`` for every seed.
     """
-    from flare_nb.eval.evaluate import HELD_OUT_SEED_START
-    from flare_nb.render.splats import gaussians_from_pointmap
-    from flare_nb.scenes.synthetic import check_size, make_scene
-    from flare_nb.train.trainer import _as_sample, render_targets
 
     if nvs_model is not None and nvs_model.cfg.kind != "nvs":
         raise ValueError(f"nvs_model must be an NVS model (kind 'nvs'), got kind {nvs_model.cfg.kind!r}")
@@ -74,7 +77,7 @@ def evaluate_novel_views(nvs_model=None, geometry_model=None, seeds: Sequence[in
     for mode in modes:
         for seed in seeds:
             scene = make_scene(int(seed), n_views + n_targets, (W, H), mode)
-            s = _as_sample(scene, scene.source, n_views, torch.Generator(), n_targets)
+            s = as_sample(scene, scene.source, n_views, torch.Generator(), n_targets)
             s = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in s.items()}
             tgt = s["target_images"]
             images = s["images"][None] * 2 - 1
@@ -104,7 +107,6 @@ def evaluate_novel_views(nvs_model=None, geometry_model=None, seeds: Sequence[in
 
 
 def main(argv: Sequence[str] | None = None) -> list[dict]:
-    from flare_nb.eval.evaluate import format_table, held_out_seeds, load_flare_for_eval
 
     p = argparse.ArgumentParser(prog="python -m flare_nb.nvs_eval", description=__doc__.split("\n\n")[0])
     p.add_argument("--nvs-checkpoint", default="data/checkpoints/tiny_nvs.pt", help="stage-2 (NVS) weights")

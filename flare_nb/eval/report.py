@@ -22,8 +22,12 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from flare_nb.eval.evaluate import (POSE_SOURCES, colmap_method, evaluate_on_synthetic, evaluate_scene, flare_method,
-                               format_table, held_out_seeds, load_flare_for_eval)
+from flare_nb import data_dir
+from flare_nb.eval.evaluate import (POSE_SOURCES, colmap_method,
+                                    evaluate_on_synthetic, evaluate_scene,
+                                    flare_method, format_table, held_out_seeds,
+                                    load_flare_for_eval)
+from flare_nb.scenes.scene import load_scene
 
 __all__ = ["REAL_SCENES", "build_methods", "synthetic_rows", "real_rows", "load_real_scene", "report_markdown",
            "main"]
@@ -70,8 +74,6 @@ def synthetic_rows(methods: dict, n_views: Sequence[int] = (2, 4, 8), modes: Seq
 def load_real_scene(name: str, size=(256, 192), max_views: int | None = 8):
     """A real scene of ``data/real/<name>`` at ``size (W, H)`` with at most ``max_views`` views
     (evenly spread), via :func:`flare_nb.scenes.scene.load_scene`."""
-    from flare_nb import data_dir
-    from flare_nb.scenes.scene import load_scene
 
     path = data_dir() / "real" / name
     if not path.exists():

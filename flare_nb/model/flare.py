@@ -35,7 +35,8 @@ from flare_nb.model.config import FlareConfig
 from flare_nb.model.encoder import EncoderMixin
 from flare_nb.model.gaussian_head import activate_gaussians
 from flare_nb.model.global_projector import GlobalProjectorMixin
-from flare_nb.model.nvs import NvsMixin, camera_embed_input_baseline, intrinsics_vector
+from flare_nb.model.nvs import (NvsMixin, camera_embed_input_baseline,
+                                intrinsics_vector)
 from flare_nb.model.pose_encoding import decode_pose_encoding
 from flare_nb.model.pose_predictor import PosePredictorMixin
 
@@ -217,7 +218,7 @@ class FlareModel(EncoderMixin, PosePredictorMixin, CameraCentricMixin, GlobalPro
             pose_noise: optional training augmentation, ``pose_noise(pose_enc (B, V, 9), stage)
                 -> (B, V, 9)`` applied to the (detached) pose fed to stage 2 (``stage=2``, the
                 last coarse pose) and stage 3 (``stage=3``, the last refined pose); the returned
-                pose encodings are unchanged. ``flare_nb.train.trainer.pose_noise_hook`` builds one.
+                pose encodings are unchanged. ``flare_nb.train.augment.pose_noise_hook`` builds one.
                 Free when None.
             intrinsics: NVS model only (required there, ignored by the geometry model, as by
                 the release): ``(B, V, 4)`` ``[fx, fy, cx, cy]`` in pixels of ``images`` (or

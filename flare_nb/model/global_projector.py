@@ -20,7 +20,8 @@ import torch
 from torch import nn
 
 from flare_nb.model.blocks import CameraBlock, CrossBlock, SelfBlock
-from flare_nb.model.camera_centric import camera_embed_input, make_dpt_head, run_dpt
+from flare_nb.model.camera_centric import (camera_embed_input, make_dpt_head,
+                                           run_dpt)
 from flare_nb.model.pose_predictor import camera_step
 
 __all__ = ["GlobalProjectorMixin"]

@@ -30,7 +30,8 @@ from flare_nb.model.blocks import EncoderBlock, Mlp
 from flare_nb.model.encoder import PatchEmbed
 from flare_nb.model.gaussian_head import GaussianHead
 from flare_nb.model.rope import grid_positions
-from flare_nb.model.shallow_cnn import add_rope_ones, build_shallow_cnn, run_shallow_cnn
+from flare_nb.model.shallow_cnn import (add_rope_ones, build_shallow_cnn,
+                                        run_shallow_cnn)
 
 __all__ = ["NvsMixin", "camera_embed_input_baseline", "intrinsics_vector"]
 

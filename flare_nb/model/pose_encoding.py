@@ -25,8 +25,9 @@ import math
 import torch
 import torch.nn.functional as F
 
-from flare_nb.cameras import (euler_to_matrix, matrix_to_quat, normalize_translation, quat_multiply, quat_to_matrix,
-                              relative_to_view0)
+from flare_nb.cameras import (euler_to_matrix, matrix_to_quat,
+                              normalize_translation, quat_multiply,
+                              quat_to_matrix, relative_to_view0)
 
 __all__ = ["quaternion_to_rotation", "decode_pose_encoding", "decode_c2w", "encode_c2w", "move_camera",
            "move_camera_in_encoding", "perturb_poses", "perturb_pose_encoding"]

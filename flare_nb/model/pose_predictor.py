@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from flare_nb.model.blocks import CameraBlock, DecoderBlock, Mlp
+from flare_nb.model.encoder import PatchEmbed
 from flare_nb.model.rope import grid_positions
 
 __all__ = ["harmonic_embedding", "PoseHead",
@@ -129,7 +130,6 @@ class PosePredictorMixin:
     ``pose_token_ref``, ``pose_token_source`` and ``pose_head``."""
 
     def _build_pose_predictor(self, cfg):
-        from flare_nb.model.encoder import PatchEmbed
 
         D = cfg.dec_dim
         self.patch_embed_coarse2 = PatchEmbed(cfg.enc_dim, cfg.enc_dim, cfg.coarse_stride)

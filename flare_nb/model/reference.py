@@ -25,6 +25,9 @@ from pathlib import Path
 
 import torch
 
+from flare_nb.model.config import official_geometry
+from flare_nb.model.flare import FlareModel
+
 __all__ = ["DATA_DIR", "load_manifest", "manifest_shapes", "fill_value", "deterministic_fill", "fill_hash",
            "build_reference_model", "teacher_from_fixture", "compare_array", "format_comparison", "ALIASES",
            "FILL_SHA256"]
@@ -101,8 +104,6 @@ def deterministic_fill(model: torch.nn.Module, gain: float = 1.0) -> torch.nn.Mo
 def build_reference_model(cfg=None, gain: float = 1.0):
     """A ``FlareModel(cfg)`` (default ``official_geometry()``) in eval mode with the recipe's
     weights, built on the meta device first so no time is spent on random initialisation."""
-    from flare_nb.model.config import official_geometry
-    from flare_nb.model.flare import FlareModel
 
     with torch.device("meta"):
         model = FlareModel(cfg if cfg is not None else official_geometry())

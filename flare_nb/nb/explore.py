@@ -21,9 +21,9 @@ the mean translation norm; pointmaps ``(V, H, W, 3)``.
 """
 from __future__ import annotations
 
-
 import torch
 
+from flare_nb.cameras import transform_points
 from flare_nb.model.pose_encoding import decode_c2w, move_camera_in_encoding
 
 __all__ = ["weights_banner", "trace_dpt", "run_to_stage2", "run_stage3", "perturb_view_pose",
@@ -163,7 +163,6 @@ def naive_global(pts_cam: torch.Tensor, c2w: torch.Tensor, tau: float = 1.0) -> 
     ``X_i = R_i X_cam_i + tau t_i``. ``pts_cam (V, H, W, 3)``, ``c2w (V, 4, 4)`` (relative to
     view 0); ``tau`` converts the translation units into pointmap units (see
     :func:`fit_naive_scales`). Returns ``(V, H, W, 3)`` in view 0's frame. Notebook 04."""
-    from flare_nb.cameras import transform_points
 
     _check_points(pts_cam, "pts_cam")
     if tuple(c2w.shape) != (pts_cam.shape[0], 4, 4):

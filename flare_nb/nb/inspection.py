@@ -9,8 +9,11 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from flare_nb.cameras import quat_to_matrix
 from flare_nb.model.pose_predictor import harmonic_embedding
 from flare_nb.model.rope import apply_rope2d
+from flare_nb.scenes.preprocess import to_model_input
+from flare_nb.train.losses import gt_pose_targets
 
 __all__ = ["token_grids", "patchify", "patch_embed_by_matmul", "rope_angles", "rope_relative_scores",
            "camera_attention", "harmonic_sensitivity", "pose_iteration_errors", "plot_patch_grid",
@@ -113,7 +116,6 @@ def camera_attention(model, images01: torch.Tensor, stage: int = 1, layer: int =
     "grid": (gh, gw)}``, grid in image orientation; every row (self + image tokens) sums to 1.
     Notebook 01.
     """
-    from flare_nb.scenes.preprocess import to_model_input
 
     if stage not in _CAMERA_BLOCKS:
         raise ValueError(f"stage must be 1, 2 or 3, got {stage!r}")
@@ -174,8 +176,6 @@ def pose_iteration_errors(pose_enc: torch.Tensor, c2w_gt: torch.Tensor) -> dict:
     ``quat_l1`` mean |q - q_gt| (the loss's raw terms) and ``step`` mean |enc_k - enc_{k-1}|
     (``enc_{-1}`` = 0, the head's starting point). Notebook 02.
     """
-    from flare_nb.cameras import quat_to_matrix
-    from flare_nb.train.losses import gt_pose_targets
 
     if pose_enc.ndim != 3 or pose_enc.shape[-1] != 9 or tuple(c2w_gt.shape) != (pose_enc.shape[1], 4, 4):
         raise ValueError(f"pose_enc must be (iters, V, 9) and c2w_gt (V, 4, 4), got {tuple(pose_enc.shape)} "

@@ -34,8 +34,12 @@ import math
 import torch
 
 from flare_nb import cameras
-from flare_nb.model.pose_encoding import decode_c2w, move_camera, move_camera_in_encoding
+from flare_nb.export import colored_points, confident_mask, fov_K
+from flare_nb.model.pose_encoding import (decode_c2w, move_camera,
+                                          move_camera_in_encoding)
 from flare_nb.nb import explore, widgets
+from flare_nb.scenes.preprocess import to_model_input
+from flare_nb.viz import plot_cameras
 
 __all__ = ["prepare_explorer", "translation_unit", "reproject_pointmap", "explore_pose",
            "plot_pose_explorer", "make_pose_explorer"]
@@ -150,8 +154,6 @@ def prepare_explorer(model, images: torch.Tensor, c2w: torch.Tensor | None = Non
     (a fixed-seed subset of at most ``max_cloud`` points for the 3D plot) and ``_base3`` (stage
     3 with the unperturbed pose, shared with :func:`flare_nb.nb.explore.perturbation_response`).
     """
-    from flare_nb.export import colored_points, confident_mask, fov_K
-    from flare_nb.scenes.preprocess import to_model_input
 
     if not isinstance(images, torch.Tensor) or images.ndim != 4 or images.shape[1] != 3:
         raise ValueError(f"images must be (V, 3, H, W) in [0, 1], got "
@@ -280,7 +282,6 @@ def plot_pose_explorer(state: dict, fig=None):
     try:
         widgets.pose_perturbation_view(c2w, v, *rot, *trans, K=state["K"], hw=state["hw"], ax=ax3)
     except ValueError:                      # degenerate trajectory: no pose loss, plain frusta
-        from flare_nb.viz import plot_cameras
         plot_cameras(state["c2w_perturbed"], state["K"], state["hw"], ax=ax3)
     P, C = state["cloud"].numpy(), state["cloud_colors"].numpy()
     if len(P):

@@ -13,6 +13,8 @@ import math
 import torch
 
 from flare_nb.model.pose_encoding import encode_c2w, move_camera
+from flare_nb.train.losses import pose_loss
+from flare_nb.viz import _EDGES, frustum_points, plot_cameras
 
 __all__ = ["pose_perturbation_view", "make_pose_widget"]
 
@@ -30,7 +32,6 @@ def pose_perturbation_view(c2w: torch.Tensor, view: int, rx: float = 0.0, ry: fl
     ``centre_shift`` (camera centre displacement), ``pose_loss``, ``loss_rot``,
     ``loss_trans``. ``draw=False`` skips the figure. Notebook 02.
     """
-    from flare_nb.train.losses import pose_loss
 
     new = move_camera(c2w, view, (rx, ry, rz), (tx, ty, tz), frame)
     old_v, new_v = c2w[view].double(), new[view].double()
@@ -46,7 +47,6 @@ def pose_perturbation_view(c2w: torch.Tensor, view: int, rx: float = 0.0, ry: fl
     import numpy as np
     from mpl_toolkits.mplot3d.art3d import Line3DCollection
 
-    from flare_nb.viz import _EDGES, frustum_points, plot_cameras
 
     T = np.concatenate([new.detach().double().numpy(), c2w[view:view + 1].detach().double().numpy()])
     centres = T[:, :3, 3]

@@ -25,9 +25,9 @@ from typing import Callable
 import torch
 
 from flare_nb import cameras
-from flare_nb.render.ply import rgb_to_sh
-from flare_nb.render.rasterize import Projection, RenderOutput, rasterize
 from flare_nb.render.losses import mse, ssim
+from flare_nb.render.ply import rgb_to_sh, sh_to_rgb
+from flare_nb.render.rasterize import Projection, RenderOutput, rasterize
 
 __all__ = ["gaussians_from_pointmap", "render_views", "masked_psnr", "covariance_2d", "look_at_point",
            "orbit_c2w", "orbit_params", "perturb_gaussians", "fit_gaussians", "GAUSSIAN_KEYS"]
@@ -281,7 +281,6 @@ def perturb_gaussians(gaussians: dict, means_noise: float = 2.0, color_noise: fl
     N = _check_gaussians(gaussians)
     if not (means_noise >= 0 and color_noise >= 0):
         raise ValueError(f"perturb_gaussians: noise levels must be >= 0, got {means_noise!r}, {color_noise!r}")
-    from flare_nb.render.ply import sh_to_rgb
     g = torch.Generator().manual_seed(int(seed))
     m, c = gaussians["means"], gaussians["colors"]
     out = {k: (v.detach().clone() if isinstance(v, torch.Tensor) else v) for k, v in gaussians.items()}

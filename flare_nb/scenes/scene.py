@@ -26,6 +26,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from flare_nb.cameras import invert_pose, opengl_to_opencv
+from flare_nb.scenes.preprocess import load_images
+
 
 @dataclass
 class Scene:
@@ -142,7 +145,6 @@ def _build(paths, Ks, c2w, names, source: str, size, max_views, K_size=None) -> 
     """Shared tail of the loaders. ``Ks (V, 3, 3)`` float64 for the images as shipped, or for
     ``K_size = (W0, H0)`` (one size for all views, or a list) when the files hold K for another
     resolution; ``c2w (V, 4, 4)`` OpenCV camera-to-world."""
-    from flare_nb.scenes.preprocess import load_images
 
     if len(paths) < 2:
         raise ValueError(f"{source}: a scene needs at least 2 views with both an image and a camera, "
@@ -198,7 +200,6 @@ def load_mvsnet(folder, size=None, max_views=None) -> Scene:
     ``cams/NNNNNNNN_cam.txt`` + ``images/NNNNNNNN.jpg`` (MVSNet / BlendedMVS / DTU). The
     extrinsic is world-to-camera and is inverted to ``c2w``; K is in pixels of the shipped image.
     Every camera needs its image and vice versa, else ``ValueError`` naming the orphans."""
-    from flare_nb.cameras import invert_pose
 
     folder = _folder(folder, "MVSNet scene")
     if (folder / "cams").is_dir() and (folder / "images").is_dir():
@@ -317,7 +318,6 @@ def load_nerf(path, size=None, max_views=None) -> Scene:
     principal point is shifted by -0.5 px (instant-ngp pixel centres sit at +0.5). Distortion
     ``k1 k2 p1 p2`` is ignored with a warning. Frames whose image is missing are skipped with one
     ``warnings.warn`` naming them."""
-    from flare_nb.cameras import opengl_to_opencv
 
     path = Path(path)
     json_path = path / "transforms.json" if path.is_dir() else path
@@ -382,7 +382,6 @@ def load_colmap(model_dir, images_dir, size=None, max_views=None) -> Scene:
     by image name; registered images missing from ``images_dir`` are skipped with a warning."""
     import pycolmap
 
-    from flare_nb.cameras import invert_pose
 
     model_dir = _folder(model_dir, "COLMAP model")
     images_dir = _folder(images_dir, "COLMAP images")

@@ -35,7 +35,8 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from flare_nb.cameras import intrinsics_from_focal, invert_pose, pixel_grid, transform_points, unproject_depth
+from flare_nb.cameras import (intrinsics_from_focal, invert_pose, pixel_grid,
+                              transform_points, unproject_depth)
 from flare_nb.scenes.scene import Scene
 
 __all__ = ["MODES", "make_scene", "pointmaps", "SyntheticDataset", "collate_scenes", "check_size"]

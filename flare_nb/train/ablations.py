@@ -28,11 +28,18 @@ from __future__ import annotations
 
 import json
 import math
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+
+from flare_nb.eval.evaluate import (evaluate_on_synthetic, flare_method,
+                                    held_out_seeds)
+from flare_nb.scenes.synthetic import SyntheticDataset
+from flare_nb.train.logs import read_log
+from flare_nb.train.loop import train
+from flare_nb.train.state import load_trained_model
+from flare_nb.train.validate import evaluate as train_evaluate
 
 __all__ = ["VARIANTS", "DESCRIPTIONS", "METRICS", "ablation_config", "run_ablation", "score_model", "summarize",
            "format_ablation_table", "load_results"]
@@ -87,7 +94,6 @@ def run_ablation(base, variant: str, seed: int, steps: int, out_root, eval_scene
     ``rescore=True`` nothing is trained: that run's checkpoint is loaded and scored again. The
     model is scored by :func:`score_model`. Row: ``variant, seed, steps, size, n_views,
     train_s`` (the run's logged training time), ``final_train_loss`` and the scores."""
-    from flare_nb.train.trainer import load_trained_model, read_log, train
 
     out_dir = Path(out_root) / f"{variant}_seed{seed}"
     cfg = ablation_config(base, variant, seed, steps, out_dir, size, n_views, batch_size)
@@ -115,12 +121,9 @@ def score_model(model, base, eval_scenes: int = 8, modes: Sequence[str] = ("orbi
     """Scores of a trained model on ``eval_scenes`` held-out scenes per mode: the mean over the
     scenes of ``RRA@5, RRA@15, RTA@15, AUC@30`` (refined stage-2 poses) and ``chamfer`` (global
     pointmaps), via :func:`flare_nb.eval.evaluate.flare_method`, plus ``val_loss``: the trainer's loss
-    without pose noise (:func:`flare_nb.train.trainer.evaluate`) under ``base``'s loss weights -- the
+    without pose noise (:func:`flare_nb.train.validate.evaluate`) under ``base``'s loss weights -- the
     same weights for every variant, so ``direct_global`` (``w_cam = 0`` in training) is still
     charged for its camera-centric pointmaps and the column stays comparable."""
-    from flare_nb.eval.evaluate import evaluate_on_synthetic, flare_method, held_out_seeds
-    from flare_nb.scenes.synthetic import SyntheticDataset
-    from flare_nb.train.trainer import evaluate as train_evaluate
 
     seeds = held_out_seeds(eval_scenes)
     rows = evaluate_on_synthetic(flare_method(model=model, poses="stage2"), seeds, n_views, tuple(size), list(modes),

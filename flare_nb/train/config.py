@@ -30,7 +30,7 @@ resume under a config that differs in any of them (:func:`config_diff`).
 Seeds are half-open ranges ``[start, stop)`` or explicit lists. ``data.kind: scenes`` trains
 on posed scenes loaded from ``data.paths`` (any format :func:`flare_nb.scenes.scene.load_scene`
 reads, resized to ``data.size``); a dataset object can also be passed to
-:func:`flare_nb.train.trainer.train` directly.
+:func:`flare_nb.train.loop.train` directly.
 Cascade stage 2 (``stage: 2``) trains the NVS model (``model: tiny_nvs``): each sample holds
 ``data.n_views`` context views plus ``render.n_targets`` held-out target views (interior
 views of the sequence); the Gaussians predicted from the context are rendered into the
@@ -41,6 +41,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+
+from flare_nb.scenes.synthetic import MODES, check_orbit_arc, check_size
 
 __all__ = ["DataConfig", "OptimConfig", "LossConfig", "PoseNoiseConfig", "RenderConfig", "RunConfig", "TrainConfig",
            "load_config", "config_diff", "parse_override"]
@@ -157,7 +159,6 @@ class TrainConfig:
 
     def validate(self) -> "TrainConfig":
         """Check the values; ``ValueError`` naming the field and what is expected."""
-        from flare_nb.scenes.synthetic import MODES, check_size
 
         def need(ok, name, what):
             if not ok:
@@ -198,7 +199,6 @@ class TrainConfig:
         need(isinstance(d.modes, (list, tuple)) and len(d.modes) > 0 and all(m in MODES for m in d.modes),
              "data.modes", f"a non-empty list drawn from {list(MODES)}")
         try:
-            from flare_nb.scenes.synthetic import check_orbit_arc
             check_orbit_arc(d.orbit_arc)
         except ValueError as e:
             raise ValueError(f"config field data.orbit_arc: {e}") from None

@@ -16,11 +16,12 @@ focal logits(2)]``, camera-to-world relative to view 0 (README "Conventions").
 """
 from __future__ import annotations
 
-
 import torch
 import torch.nn.functional as F
 
-from flare_nb.cameras import matrix_to_quat, normalize_translation, relative_to_view0, transform_points
+from flare_nb.cameras import (matrix_to_quat, mean_distance,
+                              normalize_translation, relative_to_view0,
+                              transform_points)
 
 
 def gt_pose_targets(c2w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -63,16 +64,6 @@ def pose_loss(pred_encodings: list[torch.Tensor], c2w_gt: torch.Tensor, gamma: f
             lq = F.huber_loss(enc[..., 3:7], q_gt, delta=huber_delta)
         total = total + gamma ** (n - 1 - i) * weight * (lq + lt)
     return total, {"pose_rot": lq.detach(), "pose_trans": lt.detach()}
-
-
-def mean_distance(points: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
-    """Mean distance to the origin of ``points (B, V, H, W, 3)`` over all valid pixels of all
-    views, per batch element: ``(B,)``. Used to normalise pointmaps (DUSt3R's 'avg_dis')."""
-    d = points.norm(dim=-1)
-    if valid is None:
-        return d.flatten(1).mean(1).clamp_min(1e-8)
-    v = valid.to(d.dtype)
-    return ((d * v).flatten(1).sum(1) / v.flatten(1).sum(1).clamp_min(1)).clamp_min(1e-8)
 
 
 def confidence_loss(pred: torch.Tensor, conf: torch.Tensor, gt: torch.Tensor, valid: torch.Tensor,
