@@ -29,7 +29,7 @@ import torch
 __all__ = [
     "invert_pose", "opengl_to_opencv", "opencv_to_opengl", "quat_to_matrix", "matrix_to_quat", "quat_multiply",
     "euler_to_matrix",
-    "relative_to_view0", "normalize_translation", "mean_distance", "pixel_grid", "unproject_depth",
+    "relative_to_view0", "normalize_translation", "mean_distance", "look_at_point", "pixel_grid", "unproject_depth",
     "transform_points", "project_points", "umeyama", "align_trajectories", "estimate_focal",
     "intrinsics_from_focal", "pnp_poses", "gsplat_K", "opencv_K",
 ]
@@ -183,6 +183,21 @@ def mean_distance(points: torch.Tensor, valid: torch.Tensor | None = None) -> to
         return d.flatten(1).mean(1).clamp_min(1e-8)
     v = valid.to(d.dtype)
     return ((d * v).flatten(1).sum(1) / v.flatten(1).sum(1).clamp_min(1)).clamp_min(1e-8)
+
+
+def look_at_point(c2w: torch.Tensor) -> torch.Tensor:
+    """The point ``(3,)`` closest (least squares) to all cameras' optical axes, ``c2w (V, 4, 4)``
+    OpenCV (axis = camera centre + s * third column). For an orbit capture it is the object the
+    cameras look at. ValueError if fewer than 2 cameras or all axes are parallel."""
+    if not isinstance(c2w, torch.Tensor) or c2w.ndim != 3 or tuple(c2w.shape[1:]) != (4, 4) or c2w.shape[0] < 2:
+        raise ValueError(f"look_at_point: c2w must be (V >= 2, 4, 4), got {tuple(c2w.shape) if isinstance(c2w, torch.Tensor) else type(c2w).__name__}")
+    T = c2w.double()
+    d = T[:, :3, 2] / T[:, :3, 2].norm(dim=-1, keepdim=True)
+    P = torch.eye(3, dtype=torch.float64) - d[:, :, None] * d[:, None, :]     # projectors onto axis normals
+    A, b = P.sum(0), (P @ T[:, :3, 3, None]).sum(0)[:, 0]
+    if torch.linalg.matrix_rank(A, atol=1e-6 * float(A.abs().max())) < 3:
+        raise ValueError("look_at_point: the optical axes are (nearly) parallel; no point is looked at")
+    return torch.linalg.solve(A, b).to(c2w.dtype)
 
 
 def pixel_grid(H: int, W: int, dtype=torch.float32, device=None) -> torch.Tensor:

@@ -24,7 +24,7 @@ points.ply        ``x y z red green blue confidence`` (:func:`flare_nb.render.pl
 gaussians.ply     standard 3DGS layout (:func:`flare_nb.render.ply.save_gaussians_ply`)
 ================  =====================================================================
 
-Gaussians without a Gaussian head (:func:`gaussians_from_pointmap`): one isotropic Gaussian
+Gaussians without a Gaussian head (:func:`pointmap_gaussians`): one isotropic Gaussian
 per confident pixel, centred on its global point, standard deviation = the pixel's
 footprint ``z / f`` (``z`` its depth in its own camera, ``f`` the focal in pixels), opacity
 0.9, colour = the pixel's colour as the SH DC term. It is a way to look at the pointmap
@@ -41,12 +41,19 @@ import torch
 
 from flare_nb import cameras
 from flare_nb.render.ply import save_gaussians_ply, save_points_ply
-from flare_nb.render.rasterize import rasterize
+from flare_nb.render.splats import gaussians_from_pointmap, render_views
 from flare_nb.viz import plot_cameras
 
+#: the field of view assumed when no focal can be estimated (degrees, horizontal)
+FALLBACK_FOV_DEG = 60.0
+#: Gaussians of a pointmap (:func:`pointmap_gaussians`): one pixel's footprint, and their opacity
+POINTMAP_FOOTPRINT = 1.0
+POINTMAP_OPACITY = 0.9
+
 __all__ = ["confident_mask", "colored_points", "write_cameras_json", "write_colmap_text",
-           "write_transforms_json", "write_points_ply", "gaussians_from_pointmap", "write_gaussians_ply",
-           "render_gaussians", "thin_gaussians", "save_image", "save_render_grid", "save_summary_figure", "fov_K"]
+           "write_transforms_json", "write_points_ply", "pointmap_gaussians", "export_cameras", "write_gaussians_ply",
+           "render_gaussians", "thin_gaussians", "save_image", "save_render_grid", "save_summary_figure", "fov_K", "matrix_list",
+           "FALLBACK_FOV_DEG"]
 
 
 # ----------------------------------------------------------------------------- checks
@@ -78,12 +85,38 @@ def _cams(c2w, K, names, hw):
     return c2w, K.contiguous(), names, (H, W)
 
 
-def fov_K(H: int, W: int, fov_deg: float = 60.0) -> torch.Tensor:
+def fov_K(H: int, W: int, fov_deg: float = FALLBACK_FOV_DEG) -> torch.Tensor:
     """``K (3, 3)`` float32 with a ``fov_deg`` horizontal field of view and the centred principal
     point ``((W-1)/2, (H-1)/2)``: the fallback when no focal could be estimated."""
     f = 0.5 * W / math.tan(math.radians(fov_deg) / 2)
     return cameras.intrinsics_from_focal(f, H, W)
 
+
+
+def export_cameras(rec) -> dict:
+    """The cameras the exports get from a :class:`flare_nb.inference.Reconstruction` (the one
+    rule of the ``flare-nb`` command and notebook 08): the focal of view 0's global pointmap
+    (else of its camera-centric one, else a :data:`FALLBACK_FOV_DEG` field of view) and the PnP
+    cameras (else the refined pose head). Returns ``c2w (V, 4, 4)``, ``K (V, 3, 3)`` float32,
+    ``pose_source``, ``focal_source`` and ``notes`` (one line per fallback taken)."""
+    V, (H, W) = rec.n_views, rec.hw
+    notes = []
+    focal_source, K = "view 0's global pointmap (FLARE demo)", rec.K
+    if K is None:
+        try:
+            K = cameras.intrinsics_from_focal(cameras.estimate_focal(rec.pts3d_cam[0]), H, W)
+            focal_source = "view 0's camera-centric pointmap (fallback: the global one gave no focal)"
+        except ValueError:
+            K = fov_K(H, W, FALLBACK_FOV_DEG)
+            focal_source = f"none could be estimated: {FALLBACK_FOV_DEG:.0f} degree field of view assumed"
+        notes.append(f"focal: {focal_source}")
+    if rec.c2w_pnp is not None:
+        c2w, pose_source = rec.c2w_pnp, "pnp (FLARE demo: PnP-RANSAC on the global pointmaps)"
+    else:
+        c2w, pose_source = rec.c2w_refined, "refined pose head (PnP not available; translation in the network's units)"
+        notes.append(f"poses: {pose_source}")
+    return {"c2w": c2w.float(), "K": K.float().expand(V, 3, 3).clone(), "pose_source": pose_source,
+            "focal_source": focal_source, "notes": notes}
 
 # ----------------------------------------------------------------------------- points
 def confident_mask(conf: torch.Tensor, drop: float = 0.5, points: torch.Tensor | None = None) -> torch.Tensor:
@@ -131,7 +164,8 @@ def write_points_ply(path, pts, images, conf, mask, max_points: int | None = Non
 
 
 # ----------------------------------------------------------------------------- cameras.json
-def _mat(x) -> list:
+def matrix_list(x) -> list:
+    """A matrix as nested lists of floats (JSON)."""
     return [[float(v) for v in row] for row in x.tolist()]
 
 
@@ -141,7 +175,7 @@ def write_cameras_json(path, c2w, K, names, hw, extra: dict | None = None, per_v
     c2w, K, names, (H, W) = _cams(c2w, K, names, hw)
     views = []
     for i in range(len(names)):
-        v = {"index": i, "image": names[i], "c2w": _mat(c2w[i]), "K": _mat(K[i]),
+        v = {"index": i, "image": names[i], "c2w": matrix_list(c2w[i]), "K": matrix_list(K[i]),
              "fx": float(K[i, 0, 0]), "fy": float(K[i, 1, 1]), "cx": float(K[i, 0, 2]), "cy": float(K[i, 1, 2])}
         if per_view:
             v.update(per_view[i])
@@ -237,7 +271,7 @@ def write_transforms_json(path, c2w, K, file_paths, hw, ply_file: str | None = N
         doc.update(intr(Kc[0]))
     frames = []
     for i, fp in enumerate(file_paths):
-        fr = {"file_path": fp, "transform_matrix": _mat(gl[i])}
+        fr = {"file_path": fp, "transform_matrix": matrix_list(gl[i])}
         if not shared:
             fr.update(intr(Kc[i]))
         frames.append(fr)
@@ -250,27 +284,26 @@ def write_transforms_json(path, c2w, K, file_paths, hw, ply_file: str | None = N
 
 
 # ----------------------------------------------------------------------------- Gaussians
-def gaussians_from_pointmap(pts, images, mask, c2w, K) -> dict:
-    """One isotropic Gaussian per masked pixel (module docstring).
+def pointmap_gaussians(pts, images, mask, c2w, K) -> dict:
+    """One isotropic Gaussian per masked pixel (module docstring): the export's choice of
+    :func:`flare_nb.render.splats.gaussians_from_pointmap` (the one pointmap-to-Gaussians), with
+    the footprint of one pixel (:data:`POINTMAP_FOOTPRINT`) and opacity :data:`POINTMAP_OPACITY`.
 
     ``pts (V, H, W, 3)`` world points, ``images (V, 3, H, W)`` in [0, 1], ``mask (V, H, W)``,
-    ``c2w (V, 4, 4)``, ``K (V, 3, 3)`` or ``(3, 3)``. Returns float32 ``means (N, 3)``,
-    ``quats (N, 4)`` (identity), ``scales (N, 3)`` = ``max(|z|, 1e-6) / fx`` of the pixel's view,
-    ``opacities (N,)`` = 0.9, ``colors (N, 3)`` RGB, ``sh_degree`` None.
+    ``c2w (V, 4, 4)``, ``K (V, 3, 3)`` or ``(3, 3)``. The depth of a point is ``|z|`` in its own
+    camera (at least 1e-6), so ``scales`` = ``|z| / fx``. Float32 on the CPU; colours as the SH
+    DC term (``sh_degree`` 0).
     """
-    P, C, _, idx = colored_points(pts, images, mask)
-    V = pts.shape[0]
     c2w = _tensor(c2w, "c2w", (4, 4))
+    V = c2w.shape[0]
     K = torch.as_tensor(K.detach().cpu() if isinstance(K, torch.Tensor) else K, dtype=torch.float64)
     K = K.expand(V, 3, 3) if K.shape == (3, 3) else K
-    w2c = cameras.invert_pose(c2w)
-    v = idx[:, 0]
-    Pd = P.double()
-    z = (w2c[v, 2, :3] * Pd).sum(-1) + w2c[v, 2, 3]
-    s = (z.abs().clamp_min(1e-6) / K[v, 0, 0]).float()
-    N = len(P)
-    return {"means": P, "quats": torch.tensor([1.0, 0, 0, 0]).repeat(N, 1), "scales": s[:, None].repeat(1, 3),
-            "opacities": torch.full((N,), 0.9), "colors": C, "sh_degree": None}
+    P = pts.detach().cpu().double()
+    z = cameras.transform_points(cameras.invert_pose(c2w), P)[..., 2]
+    return gaussians_from_pointmap(P.float(), images.detach().cpu().float().clamp(0, 1),
+                                   z.abs().clamp_min(1e-6).float(), K.float().contiguous(),
+                                   valid=mask.detach().cpu().bool(), footprint=POINTMAP_FOOTPRINT,
+                                   opacity=POINTMAP_OPACITY)
 
 
 def write_gaussians_ply(path, g: dict) -> Path:
@@ -298,34 +331,34 @@ def thin_gaussians(g: dict, max_gaussians: int, seed: int = 0) -> dict:
 
 def render_gaussians(g: dict, c2w, K, hw, device="cpu", background=(1.0, 1.0, 1.0),
                      max_gaussians: int | None = None) -> torch.Tensor:
-    """Render ``g`` into the cameras ``c2w (V, 4, 4)``, ``K (V, 3, 3)`` (OpenCV pixel centres) with
-    :func:`flare_nb.render.rasterize.rasterize` (gsplat on CUDA, our tile rasterizer on the CPU);
+    """A preview render of ``g`` into the cameras ``c2w (V, 4, 4)``, ``K (V, 3, 3)`` (OpenCV pixel
+    centres) with :func:`flare_nb.render.splats.render_views` (the one renderer of our cameras),
+    one camera at a time with the Gaussians far outside its view culled first (bounded memory);
     ``max_gaussians``: render :func:`thin_gaussians` instead. Returns ``(V, H, W, 3)`` float32
-    in [0, 1]."""
-
+    in [0, 1] on the CPU."""
     g = thin_gaussians(g, max_gaussians)
     c2w, K, _, (H, W) = _cams(c2w, K, [str(i) for i in range(len(c2w))], hw)
     dev = torch.device(device)
-    f = lambda t: t.detach().to(dev, torch.float32).contiguous()  # noqa: E731
-    viewmats = f(cameras.invert_pose(c2w))
-    Ks = f(cameras.gsplat_K(K))
+    g = {k: (v.detach().to(dev, torch.float32).contiguous() if isinstance(v, torch.Tensor) and v.is_floating_point()
+             else v) for k, v in g.items()}
+    g["opacities"] = g["opacities"].reshape(-1)
+    c2w, K = c2w.to(dev, torch.float32), K.to(dev, torch.float32)
     bg = torch.tensor(background, dtype=torch.float32, device=dev)
-    means, quats, scales = f(g["means"]), f(g["quats"]), f(g["scales"])
-    opac, colors = f(g["opacities"].reshape(-1)), f(g["colors"])
+    w2c = cameras.invert_pose(c2w)
     out = []
-    for i in range(len(c2w)):      # one camera at a time bounds the memory
+    for i in range(len(c2w)):
         # cheap pre-cull: centres in front of the camera and within a generous image margin
-        Xc = means @ viewmats[i, :3, :3].T + viewmats[i, :3, 3]
+        Xc = g["means"] @ w2c[i, :3, :3].T + w2c[i, :3, 3]
         z = Xc[:, 2].clamp_min(1e-9)
-        u = Ks[i, 0, 0] * Xc[:, 0] / z + Ks[i, 0, 2]
-        v = Ks[i, 1, 1] * Xc[:, 1] / z + Ks[i, 1, 2]
+        u = K[i, 0, 0] * Xc[:, 0] / z + K[i, 0, 2]
+        v = K[i, 1, 1] * Xc[:, 1] / z + K[i, 1, 2]
         keep = torch.nonzero((Xc[:, 2] > 0.01) & (u > -W) & (u < 2 * W) & (v > -H) & (v < 2 * H)).squeeze(1)
         if len(keep) == 0:
             out.append(bg.cpu().expand(H, W, 3).clone())
             continue
-        r = rasterize(means[keep], quats[keep], scales[keep], opac[keep], colors[keep], viewmats[i:i + 1],
-                      Ks[i:i + 1], W, H, background=bg, sh_degree=g.get("sh_degree"))
-        out.append(r.rgb[0].clamp(0, 1).cpu())
+        gi = {k: (v[keep] if isinstance(v, torch.Tensor) and len(v) == len(g["means"]) else v) for k, v in g.items()}
+        r = render_views(gi, c2w[i:i + 1], K[i:i + 1], (H, W), background=bg)
+        out.append(r.rgb[0].permute(1, 2, 0).clamp(0, 1).cpu())
     return torch.stack(out)
 
 

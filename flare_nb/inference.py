@@ -221,7 +221,7 @@ def _as_images01(images, size, multiple: int):
             size = (int(size), int(size))
         if not isinstance(size, (tuple, list)) or len(size) != 2:
             raise ValueError(f"size must be None, an int or (W, H), got {size!r}")
-        size = preprocess.check_size(*size)
+        size = preprocess.check_size(size)
     info = None
     if isinstance(images, (str, Path)):
         raise ValueError(f"images must be a list of at least 2 image paths (or a (V, 3, H, W) tensor), "

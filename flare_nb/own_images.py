@@ -7,7 +7,6 @@ notebook runs them one at a time with these helpers around :mod:`flare_nb.scenes
 * :func:`photo_table`, :func:`load_photos`, :func:`crop_box`, :func:`plot_preprocessing` --
   the photos, their EXIF orientation and the official scale-to-cover + centre crop;
 * :func:`plot_similarity` -- the reference-view choice;
-* :func:`cameras_for_export` -- which cameras and focal the exports get (the CLI's rule);
 * :func:`confidence_points`, :func:`plot_confidence`, :func:`confidence_callback`,
   :func:`make_confidence_widget` -- the confidence-threshold widget and its plain callback;
 * :func:`list_files`, :func:`read_back_exports` -- what was written, read back by each
@@ -23,19 +22,17 @@ from pathlib import Path
 
 import torch
 
-from flare_nb import cameras
-from flare_nb.export import colored_points, confident_mask, fov_K
+from flare_nb.export import colored_points, confident_mask
 from flare_nb.render.ply import load_gaussians_ply, load_points_ply
 from flare_nb.scenes.preprocess import load_image, load_images, oriented_size
 from flare_nb.scenes.scene import load_colmap, load_nerf
 from flare_nb.viz import plot_cameras
 
-__all__ = ["photo_table", "load_photos", "crop_box", "plot_preprocessing", "plot_similarity", "cameras_for_export",
+__all__ = ["photo_table", "load_photos", "crop_box", "plot_preprocessing", "plot_similarity",
            "confidence_points", "plot_confidence", "confidence_callback", "make_confidence_widget", "list_files",
            "human_size", "read_back_exports"]
 
 EXIF_ORIENTATION = 0x0112
-FALLBACK_FOV_DEG = 60.0
 
 
 # ----------------------------------------------------------------------------- photos
@@ -140,30 +137,6 @@ def plot_similarity(S: torch.Tensor, scores: torch.Tensor, ref: int, names=None)
 
 
 # ----------------------------------------------------------------------------- cameras
-def cameras_for_export(rec) -> dict:
-    """The cameras the exports get, by the CLI's rule, from a
-    :class:`flare_nb.inference.Reconstruction`: the focal of view 0's global pointmap (else of
-    its camera-centric one, else a 60 degree field of view) and the PnP cameras (else the
-    refined pose head). Returns ``c2w (V, 4, 4)``, ``K (V, 3, 3)`` float32, ``pose_source``,
-    ``focal_source``."""
-
-    V, (H, W) = rec.n_views, rec.hw
-    focal_source, K = "view 0's global pointmap (FLARE demo)", rec.K
-    if K is None:
-        try:
-            K = cameras.intrinsics_from_focal(cameras.estimate_focal(rec.pts3d_cam[0]), H, W)
-            focal_source = "view 0's camera-centric pointmap (fallback: the global one gave no focal)"
-        except ValueError:
-            K = fov_K(H, W, FALLBACK_FOV_DEG)
-            focal_source = f"none could be estimated: {FALLBACK_FOV_DEG:.0f} degree field of view assumed"
-    if rec.c2w_pnp is not None:
-        c2w, pose_source = rec.c2w_pnp, "pnp (FLARE demo: PnP-RANSAC on the global pointmaps)"
-    else:
-        c2w, pose_source = rec.c2w_refined, "refined pose head (PnP not available; translation in the network's units)"
-    return {"c2w": c2w.float(), "K": K.float().expand(V, 3, 3).clone(), "pose_source": pose_source,
-            "focal_source": focal_source}
-
-
 # ----------------------------------------------------------------------------- confidence widget
 def confidence_points(pts: torch.Tensor, conf: torch.Tensor, images: torch.Tensor, drop: float,
                       max_points: int | None = None) -> dict:

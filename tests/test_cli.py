@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from flare_nb import cli, data_dir
+from flare_nb import cli, data_dir, pipeline
 from flare_nb.scenes import preprocess
 from flare_nb.model.config import tiny
 from flare_nb.scenes.reference_view import choose_reference_view, reference_order, similarity_matrix
@@ -74,16 +74,16 @@ def test_parse_size_and_memory_estimate():
     with pytest.raises(ValueError, match="512x384"):
         cli.parse_size("big")
     cfg = tiny()
-    est = [cli.estimate_memory_bytes(cfg, 2_830_000, v, 128, 128) for v in (2, 4, 8)]
+    est = [pipeline.estimate_memory_bytes(cfg, 2_830_000, v, 128, 128) for v in (2, 4, 8)]
     assert est[0] < est[1] < est[2]
-    assert cli.estimate_memory_bytes(cfg, 2_830_000, 4, 256, 256) > est[1]
+    assert pipeline.estimate_memory_bytes(cfg, 2_830_000, 4, 256, 256) > est[1]
 
 
 def test_collect_images_skips_non_images_and_subsamples(tmp_path):
     for i in range(20):
         (tmp_path / f"{i:02d}.png").write_bytes(b"x")
     (tmp_path / "notes.txt").write_text("hi")
-    paths, warns = cli.collect_images([tmp_path], max_views=5)
+    paths, warns = pipeline.collect_images([tmp_path], max_views=5)
     assert [p.name for p in paths] == ["00.png", "05.png", "10.png", "14.png", "19.png"]
     assert any("notes.txt" in w for w in warns) and any("found 20 images" in w for w in warns)
 
@@ -178,7 +178,7 @@ def test_demo_runs(tmp_path, capsys):
     rc, out, err = _run(["demo", "--out", tmp_path / "demo", "--views", "3", "--pnp-iterations", "20"], capsys)
     assert rc == 0, err
     doc = json.loads((tmp_path / "demo" / "cameras.json").read_text())
-    assert len(doc["views"]) == 3 and (doc["width"], doc["height"]) == cli.default_size("tiny")
+    assert len(doc["views"]) == 3 and (doc["width"], doc["height"]) == pipeline.default_size("tiny")
     assert "report.md" in out and (tmp_path / "demo" / "gaussians.ply").is_file()
 
 
@@ -255,7 +255,7 @@ def test_bad_options(tmp_path, capsys):
 
 def test_memory_guard_refuses_with_a_hint(tmp_path, capsys, monkeypatch):
     _photos(tmp_path / "in", 3)
-    need = cli.estimate_memory_bytes(tiny(), 2_830_000, 3, 256, 256)
+    need = pipeline.estimate_memory_bytes(tiny(), 2_830_000, 3, 256, 256)
     monkeypatch.setenv("FLARE_NB_MEMORY_GB", str(0.99 * need / 1e9))
     line = _error(["reconstruct", tmp_path / "in", "--out", tmp_path / "o", "--size", "256x256"], capsys,
                   "not enough memory", "would fit")

@@ -156,14 +156,15 @@ def test_points_ply_opens_with_open3d_and_plyfile(tmp_path):
     assert torch.equal(load_points_ply(path)["points"], pts[mask])
 
 
-def test_gaussians_from_pointmap_footprint_and_3dgs_ply(tmp_path):
+def test_pointmap_gaussians_footprint_and_3dgs_ply(tmp_path):
     import open3d as o3d
     from plyfile import PlyData
 
     pts, img, K = _plane_scene(depth=2.0)
     mask = torch.ones(1, H, W, dtype=torch.bool)
-    g = export.gaussians_from_pointmap(pts, img, mask, torch.eye(4)[None], K)
-    assert g["means"].shape == (H * W, 3) and g["colors"].shape == (H * W, 3) and g["sh_degree"] is None
+    g = export.pointmap_gaussians(pts, img, mask, torch.eye(4)[None], K)
+    assert g["means"].shape == (H * W, 3) and g["colors"].shape == (H * W, 1, 3) and g["sh_degree"] == 0
+    torch.testing.assert_close(g["opacities"], torch.full((H * W,), export.POINTMAP_OPACITY))
     torch.testing.assert_close(g["scales"], torch.full((H * W, 3), 2.0 / float(K[0, 0])))   # z / f
     path = export.write_gaussians_ply(tmp_path / "g.ply", g)
     names = PlyData.read(str(path))["vertex"].data.dtype.names
@@ -178,7 +179,7 @@ def test_gaussians_from_pointmap_footprint_and_3dgs_ply(tmp_path):
 
 def test_rendering_the_pointmap_gaussians_gives_back_the_image(tmp_path):
     pts, img, K = _plane_scene(depth=3.0)
-    g = export.gaussians_from_pointmap(pts, img, torch.ones(1, H, W, dtype=torch.bool), torch.eye(4)[None], K)
+    g = export.pointmap_gaussians(pts, img, torch.ones(1, H, W, dtype=torch.bool), torch.eye(4)[None], K)
     out = export.render_gaussians(g, torch.eye(4)[None], K[None], (H, W), background=(1.0, 0.0, 1.0))
     assert out.shape == (1, H, W, 3)
     inner = (slice(3, H - 3), slice(3, W - 3))                        # the border blends with the background
@@ -209,9 +210,9 @@ def test_fov_K_and_summary_figure(tmp_path):
 
 def test_thin_gaussians_keeps_coverage():
     pts, img, K = _plane_scene(depth=3.0)
-    g = export.gaussians_from_pointmap(pts, img, torch.ones(1, H, W, dtype=torch.bool), torch.eye(4)[None], K)
+    g = export.pointmap_gaussians(pts, img, torch.ones(1, H, W, dtype=torch.bool), torch.eye(4)[None], K)
     t = export.thin_gaussians(g, 1000)
-    assert len(t["means"]) == 1000 and t["sh_degree"] is None
+    assert len(t["means"]) == 1000 and t["sh_degree"] == g["sh_degree"] and len(t["pixel"]) == 1000
     torch.testing.assert_close(t["scales"][0], g["scales"][0] * math.sqrt(H * W / 1000))
     assert export.thin_gaussians(g, H * W) is g
     out = export.render_gaussians(g, torch.eye(4)[None], K[None], (H, W), background=(1.0, 0.0, 1.0),

@@ -64,15 +64,15 @@ def _rec(K=True, pnp=True, cam_pts=None):
 
 
 def test_cameras_for_export_rules():
-    c = oi.cameras_for_export(_rec())
+    c = export.export_cameras(_rec())
     assert c["pose_source"].startswith("pnp") and c["K"].shape == (3, 3, 3) and c["K"][2, 0, 0] == 20.0
-    c = oi.cameras_for_export(_rec(pnp=False))
+    c = export.export_cameras(_rec(pnp=False))
     assert c["pose_source"].startswith("refined") and torch.equal(c["c2w"], _rec().c2w_refined)
-    c = oi.cameras_for_export(_rec(K=False))                             # zeros: no focal vote anywhere
+    c = export.export_cameras(_rec(K=False))                             # zeros: no focal vote anywhere
     assert "60 degree" in c["focal_source"] and c["K"][0, 0, 0] == pytest.approx(export.fov_K(16, 16)[0, 0])
     depth = torch.full((3, 16, 16), 2.0)
     pts = cameras.unproject_depth(depth, cameras.intrinsics_from_focal(30.0, 16, 16).expand(3, 3, 3))
-    c = oi.cameras_for_export(_rec(K=False, cam_pts=pts))
+    c = export.export_cameras(_rec(K=False, cam_pts=pts))
     assert "camera-centric" in c["focal_source"] and c["K"][0, 0, 0] == pytest.approx(30.0, rel=1e-4)
 
 
@@ -126,7 +126,7 @@ def test_list_files_human_size_and_read_back(tmp_path):
     P, C, _, _ = export.colored_points(pts, img, mask)
     export.write_colmap_text(tmp_path / "sparse" / "0", c2w, K, names, (H, W), P, C)
     export.write_transforms_json(tmp_path / "transforms.json", c2w, K, [f"images/{n}" for n in names], (H, W))
-    export.write_gaussians_ply(tmp_path / "gaussians.ply", export.gaussians_from_pointmap(pts, img, mask, c2w, K))
+    export.write_gaussians_ply(tmp_path / "gaussians.ply", export.pointmap_gaussians(pts, img, mask, c2w, K))
     files = dict(oi.list_files(tmp_path))
     assert {"cameras.json", "sparse/0/images.txt", "images/000_v.png", "gaussians.ply"} <= set(files)
     assert all(n > 0 for n in files.values())

@@ -105,13 +105,13 @@ def test_mixed_orientations_are_refused(tmp_path):
 
 
 def test_check_size():
-    assert check_size(512, 384) == (512, 384)
+    assert check_size((512, 384)) == (512, 384)
     with pytest.raises(ValueError, match=r"width 500 .*512x384"):
-        check_size(500, 384)
+        check_size((500, 384))
     with pytest.raises(ValueError, match="height 0"):
-        check_size(256, 0)
+        check_size((256, 0))
     with pytest.raises(ValueError, match="int"):
-        check_size(256.0, 192)
+        check_size((256.0, 192))
     with pytest.raises(ValueError, match="500"):
         load_images([GT / "00001.png", GT / "00033.png"], (500, 384))
 

@@ -13,8 +13,9 @@ import pytest
 import torch
 
 from flare_nb.cameras import invert_pose, matrix_to_quat, opencv_to_opengl
+from flare_nb.cameras import look_at_point
 from flare_nb.scenes.scene import (detect_format, epipolar_distances, load_colmap, load_mvsnet, load_nerf,
-                             load_scene, load_strecha, look_at_point)
+                             load_scene, load_strecha)
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 REAL = DATA / "real"
@@ -66,7 +67,7 @@ def test_epipolar_check_catches_wrong_conventions(name, j, wrong):
 @pytest.mark.parametrize("name", ["flare_gt_cam", "fountain-P11", "fox"])
 def test_cameras_look_at_a_common_point(name):
     s = scene(name)
-    c = torch.tensor(look_at_point(s.c2w.numpy()), dtype=torch.float64)
+    c = look_at_point(s.c2w.double())
     w2c = invert_pose(s.c2w.double())
     x = (w2c[:, :3, :3] @ c + w2c[:, :3, 3])             # scene centre in each camera frame
     assert (x[:, 2] > 0).all(), "scene centre behind a camera"

@@ -8,7 +8,8 @@ import torch
 from flare_nb import cameras
 from flare_nb.render.ply import rgb_to_sh, sh_to_rgb
 from flare_nb.render.rasterize import project_gaussians
-from flare_nb.render.splats import (covariance_2d, fit_gaussians, gaussians_from_pointmap, look_at_point, masked_psnr,
+from flare_nb.cameras import look_at_point
+from flare_nb.render.splats import (covariance_2d, fit_gaussians, gaussians_from_pointmap, masked_psnr,
                              orbit_c2w, orbit_params, perturb_gaussians, render_views)
 
 

@@ -10,7 +10,8 @@ import torch.nn.functional as F
 from flare_nb.scenes import synthetic
 from flare_nb.cameras import invert_pose, project_points
 from flare_nb.scenes.scene import Scene
-from flare_nb.scenes.synthetic import SyntheticDataset, check_size, collate_scenes, make_scene, pointmaps
+from flare_nb.scenes.preprocess import check_size
+from flare_nb.scenes.synthetic import SyntheticDataset, collate_scenes, make_scene, pointmaps
 
 MODES = ("orbit", "forward")
 
@@ -127,8 +128,10 @@ def test_orbit_cameras_look_at_the_objects():
 # ----------------------------------------------------------------------------- argument errors
 
 
-@pytest.mark.parametrize("size, nearest", [((100, 128), "(64, 128), (128, 128)"), (200, "(192, 192), (192, 256)"),
-                                           ((0, 64), "(64, 64)"), ((64, 65), "(64, 64), (64, 128)")])
+@pytest.mark.parametrize("size, nearest", [((100, 128), "round down 64x128, round up 128x128"),
+                                           (200, "round down 192x192, round up 256x256"),
+                                           ((0, 64), "round down 64x64, round up 64x64"),
+                                           ((64, 65), "round down 64x64, round up 64x128")])
 def test_size_not_multiple_of_64_names_nearest_valid_sizes(size, nearest):
     with pytest.raises(ValueError, match="multiples of 64") as e:
         make_scene(0, 2, size)

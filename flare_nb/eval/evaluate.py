@@ -42,8 +42,9 @@ from flare_nb.eval.metrics import (pointcloud_metrics, pose_summary,
                                    relative_pose_errors)
 from flare_nb.inference import load_model, reconstruct
 from flare_nb.model.config import FlareConfig
+from flare_nb.scenes.preprocess import check_size
 from flare_nb.scenes.scene import Scene
-from flare_nb.scenes.synthetic import MODES, check_size, make_scene
+from flare_nb.scenes.synthetic import MODES, make_scene
 from flare_nb.scenes.synthetic import pointmaps as gt_pointmaps
 
 __all__ = ["FAILED_DEG", "HELD_OUT_SEED_START", "held_out_seeds", "evaluate_poses", "evaluate_pointmaps",

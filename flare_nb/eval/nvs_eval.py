@@ -36,8 +36,9 @@ from flare_nb.eval.evaluate import (HELD_OUT_SEED_START, format_table,
 from flare_nb.eval.metrics import psnr, ssim
 from flare_nb.render.splats import gaussians_from_pointmap
 from flare_nb.render.targets import render_targets
+from flare_nb.scenes.preprocess import check_size
 from flare_nb.scenes.sample import as_sample
-from flare_nb.scenes.synthetic import check_size, make_scene
+from flare_nb.scenes.synthetic import make_scene
 
 __all__ = ["NVS_METHODS", "evaluate_novel_views", "main"]
 

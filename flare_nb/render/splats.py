@@ -13,7 +13,7 @@ rasterizer needs (``viewmats = invert_pose(c2w)``, ``Ks = gsplat_K(K)``) in one 
 * :func:`gaussians_from_pointmap` -- one Gaussian per valid pixel of a global pointmap;
 * :func:`render_views` -- render a Gaussian set into cameras, images ``(V, 3, H, W)``;
 * :func:`masked_psnr`, :func:`covariance_2d` -- PSNR on valid pixels, 2D covariances of a projection;
-* :func:`look_at_point`, :func:`orbit_c2w`, :func:`orbit_params` -- cameras on
+* :func:`flare_nb.cameras.look_at_point`, :func:`orbit_c2w`, :func:`orbit_params` -- cameras on
   a sphere around a scene (novel views);
 * :func:`perturb_gaussians`, :func:`fit_gaussians` -- a noisy start and Adam on the parameters.
 """
@@ -29,7 +29,7 @@ from flare_nb.render.losses import mse, ssim
 from flare_nb.render.ply import rgb_to_sh, sh_to_rgb
 from flare_nb.render.rasterize import Projection, RenderOutput, rasterize
 
-__all__ = ["gaussians_from_pointmap", "render_views", "masked_psnr", "covariance_2d", "look_at_point",
+__all__ = ["gaussians_from_pointmap", "render_views", "masked_psnr", "covariance_2d",
            "orbit_c2w", "orbit_params", "perturb_gaussians", "fit_gaussians", "GAUSSIAN_KEYS"]
 
 GAUSSIAN_KEYS = ("means", "quats", "scales", "opacities", "colors")
@@ -183,21 +183,6 @@ def covariance_2d(proj: Projection) -> torch.Tensor:
 
 
 # ----------------------------------------------------------------------------- orbit cameras
-def look_at_point(c2w: torch.Tensor) -> torch.Tensor:
-    """The point ``(3,)`` closest (least squares) to all cameras' optical axes, ``c2w (V, 4, 4)``
-    OpenCV (axis = camera centre + s * third column). For an orbit capture it is the object the
-    cameras look at. ValueError if fewer than 2 cameras or all axes are parallel."""
-    if not isinstance(c2w, torch.Tensor) or c2w.ndim != 3 or tuple(c2w.shape[1:]) != (4, 4) or c2w.shape[0] < 2:
-        raise ValueError(f"look_at_point: c2w must be (V >= 2, 4, 4), got {_shape(c2w)}")
-    T = c2w.double()
-    d = T[:, :3, 2] / T[:, :3, 2].norm(dim=-1, keepdim=True)
-    P = torch.eye(3, dtype=torch.float64) - d[:, :, None] * d[:, None, :]     # projectors onto axis normals
-    A, b = P.sum(0), (P @ T[:, :3, 3, None]).sum(0)[:, 0]
-    if torch.linalg.matrix_rank(A, atol=1e-6 * float(A.abs().max())) < 3:
-        raise ValueError("look_at_point: the optical axes are (nearly) parallel; no point is looked at")
-    return torch.linalg.solve(A, b).to(c2w.dtype)
-
-
 def _orbit_basis(up: torch.Tensor, reference: torch.Tensor | None):
     up = up / up.norm()
     if reference is None:  # the world axis least aligned with up

@@ -98,9 +98,15 @@ def _to_rgb8(im: Image.Image) -> Image.Image:
 
 
 # --------------------------------------------------------------------------- sizes
-def check_size(W: int, H: int) -> tuple[int, int]:
-    """Return ``(W, H)`` as ints if both are positive multiples of 64, else ``ValueError``
-    naming the bad value and the nearest valid sizes."""
+def check_size(size) -> tuple[int, int]:
+    """``size`` as ``(W, H)`` -- the workbook's one size order, as the CLI's ``WxH`` -- both
+    positive multiples of 64 (an int means square). Returns ``(W, H)`` as ints, else
+    ``ValueError`` naming the bad value and the nearest valid sizes."""
+    if isinstance(size, (int, np.integer)) and not isinstance(size, bool):
+        size = (size, size)
+    if isinstance(size, (str, bytes)) or not hasattr(size, "__len__") or len(size) != 2:
+        raise ValueError(f"size must be an int or a pair (W, H) of ints, got {size!r}")
+    W, H = size
     for name, v in (("width", W), ("height", H)):
         if not isinstance(v, (int, np.integer)) or isinstance(v, bool):
             raise ValueError(f"image {name} must be an int, got {v!r}")
@@ -109,7 +115,7 @@ def check_size(W: int, H: int) -> tuple[int, int]:
         msg = ", ".join(f"{n} {v}" for n, v in bad)
         lo = f"{max(PATCH, (W // PATCH) * PATCH)}x{max(PATCH, (H // PATCH) * PATCH)}"
         hi = f"{max(PATCH, -(-W // PATCH) * PATCH)}x{max(PATCH, -(-H // PATCH) * PATCH)}"
-        raise ValueError(f"image size {W}x{H} (WxH) is not usable: {msg} is not a positive multiple "
+        raise ValueError(f"image size {W}x{H} (WxH) is not usable: {msg} is not allowed, sizes must be positive multiples "
                          f"of {PATCH} (FLARE's coarse pose stage uses 64-px tokens); nearest valid "
                          f"size {_nearest(W)}x{_nearest(H)} (round down {lo}, round up {hi})")
     return int(W), int(H)
@@ -210,7 +216,7 @@ def load_images(paths, size=None, K=None, auto_orient: bool = True):
     if not paths:
         raise ValueError("load_images needs at least one image path, got none")
     if size is not None:
-        size = check_size(*size)
+        size = check_size(size)
     Ks = None
     if K is not None:
         Ks = torch.as_tensor(K, dtype=torch.float64)

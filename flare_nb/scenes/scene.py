@@ -13,7 +13,7 @@ Conventions (stated once, for the whole workbook; see README "Conventions"):
 Loaders (below the class): :func:`load_mvsnet` (FLARE ``gt_cam`` / MVSNet), :func:`load_strecha`,
 :func:`load_nerf` (NeRF / instant-ngp ``transforms.json``), :func:`load_colmap` and
 :func:`load_scene` (detects the format). Checks that poses are right: :func:`epipolar_distances`,
-:func:`look_at_point`.
+:func:`flare_nb.cameras.look_at_point`.
 """
 from __future__ import annotations
 
@@ -525,14 +525,3 @@ def epipolar_distances(scene: Scene, i: int, j: int, ratio: float = 0.75) -> np.
     return 0.5 * (d_a + d_b)
 
 
-def look_at_point(c2w) -> np.ndarray:
-    """Least-squares point ``(3,)`` closest to all optical axes (camera z axes) of ``c2w
-    (V, 4, 4)``: the point the cameras look at."""
-    c2w = np.asarray(c2w, dtype=np.float64)
-    A, b = np.zeros((3, 3)), np.zeros(3)
-    for T in c2w:
-        d = T[:3, 2] / np.linalg.norm(T[:3, 2])
-        P = np.eye(3) - np.outer(d, d)
-        A += P
-        b += P @ T[:3, 3]
-    return np.linalg.lstsq(A, b, rcond=None)[0]

@@ -37,9 +37,10 @@ import torch
 
 from flare_nb.cameras import (intrinsics_from_focal, invert_pose, pixel_grid,
                               transform_points, unproject_depth)
+from flare_nb.scenes.preprocess import check_size
 from flare_nb.scenes.scene import Scene
 
-__all__ = ["MODES", "make_scene", "pointmaps", "SyntheticDataset", "collate_scenes", "check_size"]
+__all__ = ["MODES", "make_scene", "pointmaps", "SyntheticDataset", "collate_scenes"]
 
 MODES = ("orbit", "forward")
 ORBIT_ARC = (40.0, 200.0)     # default azimuth span (degrees) from the first to the last orbit view
@@ -50,32 +51,6 @@ _ENV_ID = 1                  # mask id of the ground / room; objects are 2, 3, .
 
 
 # ----------------------------------------------------------------------------- argument checks
-
-
-def check_size(size) -> tuple[int, int]:
-    """``size`` as ``(W, H)`` -- the workbook's one size order, as in :mod:`flare_nb.scenes.preprocess`
-    and the CLI's ``WxH`` -- both positive multiples of 64 (an int means square).
-    Returns ``(W, H)``; raises ``ValueError`` naming the nearest valid sizes otherwise.
-    """
-    if isinstance(size, (int, np.integer)):
-        size = (int(size), int(size))
-    try:
-        W, H = (int(s) for s in size)
-        if any(float(s) != int(s) for s in size):
-            raise ValueError
-    except (TypeError, ValueError):
-        raise ValueError(f"size must be an int or a pair (W, H) of ints, got {size!r}") from None
-    bad = [s for s in (W, H) if s <= 0 or s % 64]
-    if bad:
-        def near(s):
-            lo = max(64, (s // 64) * 64)
-            hi = max(64, lo + 64 if s > lo else lo)
-            return sorted({lo, hi})
-        ws, hs = near(W), near(H)
-        options = ", ".join(f"({w}, {h})" for w in ws for h in hs)
-        raise ValueError(f"size (W, H) = ({W}, {H}) must be positive multiples of 64; "
-                         f"nearest valid sizes: {options}")
-    return W, H
 
 
 def check_orbit_arc(arc) -> tuple[float, float]:

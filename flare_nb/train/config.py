@@ -42,7 +42,8 @@ import dataclasses
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-from flare_nb.scenes.synthetic import MODES, check_orbit_arc, check_size
+from flare_nb.scenes.preprocess import check_size
+from flare_nb.scenes.synthetic import MODES, check_orbit_arc
 
 __all__ = ["DataConfig", "OptimConfig", "LossConfig", "PoseNoiseConfig", "RenderConfig", "RunConfig", "TrainConfig",
            "load_config", "config_diff", "parse_override"]
