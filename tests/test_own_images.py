@@ -63,7 +63,7 @@ def _rec(K=True, pnp=True, cam_pts=None):
                            pts3d_cam=cam_pts if cam_pts is not None else torch.zeros(V, H, W, 3))
 
 
-def test_cameras_for_export_rules():
+def test_export_cameras_rules():
     c = export.export_cameras(_rec())
     assert c["pose_source"].startswith("pnp") and c["K"].shape == (3, 3, 3) and c["K"][2, 0, 0] == 20.0
     c = export.export_cameras(_rec(pnp=False))
