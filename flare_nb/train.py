@@ -158,8 +158,11 @@ def select_trainable(model, cfg: TrainConfig, device) -> tuple[list[str], list[s
     probe[..., ::2, :] = 0.5
     model.zero_grad(set_to_none=True)
     intr = torch.tensor([[[m, m, m / 2, m / 2]] * 2], dtype=torch.float32, device=device)
-    out = model(probe, intrinsics=intr)
+    match = model.cfg.kind == "geometry" and cfg.loss.match_weight > 0    # the matching loss reads head 1's descriptors
+    out = model(probe, intrinsics=intr, **({"local_features": True} if match else {}))
     parts = [out.pose_enc_stage1, out.pose_enc_stage2, out.pts3d_global, out.conf_global]
+    if match:
+        parts.append(out.local_features["cam"][..., :-1])
     parts += [t for t in (out.pts3d_cam, out.conf_cam) if t is not None]
     parts += list((out.gaussians_raw or {}).values())
     sum(t.float().mean() for t in parts).backward()
@@ -273,7 +276,7 @@ def make_datasets(cfg: TrainConfig):
 
         kw = dict(n_objects=d.n_objects, orbit_arc=tuple(d.orbit_arc))
         n = d.n_views + _n_targets(cfg)           # stage 2: target views come from the same sequence
-        train = SyntheticDataset(seed_list(d.train_seeds), n, tuple(d.size), d.modes, **kw)
+        train = SyntheticDataset(seed_list(d.train_seeds), n, tuple(d.size), d.modes, cache=d.cache, **kw)
         vs = seed_list(d.val_seeds)
         val = SyntheticDataset(vs, n, tuple(d.size), d.modes, **kw) if vs else []
         return train, val
@@ -454,6 +457,17 @@ def compute_losses(out, batch: dict, cfg: TrainConfig) -> tuple[torch.Tensor, di
         parts["geometry"] = lg.detach()
         if cam:
             parts.update(geo_cam=torch.stack(cam).mean(), geo_global=torch.stack(glob).mean())
+    if L.match_weight > 0:
+        from flare_nb.correspondence import match_loss
+
+        if out.local_features is None or batch.get("depth") is None:
+            raise ValueError("loss.match_weight > 0 needs depth in the data and the descriptor branch "
+                             "(the model run with local_features=True)")
+        desc = out.local_features["cam"][..., :-1]              # the last channel is a confidence
+        lm = match_loss(desc, batch["depth"].float(), batch["K"].float(), c2w, n_samples=L.match_samples,
+                        tau=L.match_tau)
+        total = total + L.match_weight * lm
+        parts["match"] = lm.detach()
     if cfg.stage == 2:
         lr_, rp = render_loss(out, batch, cfg)
         total = total + lr_
@@ -695,7 +709,7 @@ def evaluate(model, dataset, cfg: TrainConfig, device="cpu", amp_dtype=None) -> 
     "geometry", "RRA@5", "RRA@15", "RTA@15", "AUC@30", "n_scenes"}`` (percent / [0, 1] as
     :func:`flare_nb.metrics.pose_metrics`); in stage 2 also ``render``, ``psnr`` (dB) and
     ``render_ssim`` of the held-out target views."""
-    from flare_nb.metrics import pose_metrics
+    from flare_nb.metrics import pose_l1, pose_metrics
 
     was_training = model.training
     model.eval()
@@ -706,16 +720,21 @@ def evaluate(model, dataset, cfg: TrainConfig, device="cpu", amp_dtype=None) -> 
                                      _generator(cfg.seed, 0, i, 5), _n_targets(cfg))], [i], [0])
             images = b["images"].to(device) * 2 - 1
             with _autocast(torch.device(device), amp_dtype):
-                out = model(images, **_model_inputs(model, b, device))
+                out = model(images, **_model_inputs(model, b, device),
+                            **({"local_features": True} if cfg.loss.match_weight > 0 else {}))
             loss, parts = compute_losses(out, b_to(b, device), cfg)
-            pm = pose_metrics(_c2w_from_encoding(out.pose_enc_stage2[-1][0]).cpu(), b["c2w"][0])
-            keep = ("pose", "geometry", "render", "psnr", "render_ssim")
+            pred = _c2w_from_encoding(out.pose_enc_stage2[-1][0]).cpu()
+            pm = pose_metrics(pred, b["c2w"][0])
+            pm["pose_L1"] = pose_l1(pred, b["c2w"][0])
+            c1 = _c2w_from_encoding(out.pose_enc_stage1[-1][0]).cpu()
+            pm1 = pose_metrics(c1, b["c2w"][0])
+            keep = ("pose", "geometry", "match", "render", "psnr", "render_ssim")
             vals = {"loss": float(loss.detach()), **{k: float(v) for k, v in parts.items() if k in keep},
-                    **{k: pm[k] for k in ("RRA@5", "RRA@15", "RTA@15", "AUC@30")}}
-            src = b["source"][0]
-            if src.startswith("synthetic:"):          # per-mode pose accuracy (orbit is the hard one)
-                mode = src.split(":")[1]
-                vals.update({f"{k}/{mode}": pm[k] for k in ("RRA@15", "RTA@15")})
+                    **{k: pm[k] for k in ("RRA@5", "RRA@15", "RTA@15", "AUC@30", "pose_L1")},
+                    "AUC@30/stage1": pm1["AUC@30"], "pose_L1/stage1": pose_l1(c1, b["c2w"][0])}
+            mode = _mode_of(b["source"][0])
+            if mode:                                  # per-mode pose accuracy (orbit is the hard one)
+                vals.update({f"{k}/{mode}": pm[k] for k in ("RRA@15", "RTA@15", "AUC@30", "pose_L1")})
             for k, v in vals.items():
                 acc.setdefault(k, []).append(v)
     finally:
@@ -723,6 +742,45 @@ def evaluate(model, dataset, cfg: TrainConfig, device="cpu", amp_dtype=None) -> 
     res = {k: float(np.mean(v)) for k, v in acc.items()}
     res["n_scenes"] = len(dataset)
     return res
+
+
+def _mode_of(source: str) -> str | None:
+    """``"orbit"`` for a source ``"synthetic:orbit:seed=..."``, None for other scenes."""
+    return source.split(":")[1] if source.startswith("synthetic:") else None
+
+
+def prior_records(cfg: TrainConfig, dataset, val_dataset) -> list[dict]:
+    """The blind pose priors (:mod:`flare_nb.priors`) scored on the validation scenes, one log
+    record per prior (``kind: "prior"``): ``straight``, and ``constant`` / ``per_view`` fitted on
+    the cameras of up to 512 TRAINING scenes per mode (synthetic data; otherwise on the training
+    scenes themselves). A model that has learned something beats all three."""
+    from flare_nb.priors import fit_priors, score_priors
+
+    V = cfg.data.n_views
+
+    def trajectories(ds, limit=None, salt=None):
+        out = []
+        n = len(ds) if limit is None else min(len(ds), limit)
+        for i in range(n):
+            if hasattr(ds, "cameras"):
+                mode, c2w = ds.cameras(i)
+            else:
+                item = ds[i]
+                c2w = item["c2w"] if isinstance(item, dict) else item.c2w
+                mode = _mode_of(str((item.get("source") if isinstance(item, dict) else item.source) or "")) or "scenes"
+            if salt is not None:       # the context views validation picks (same draw as evaluate())
+                dummy = {"images": torch.zeros(c2w.shape[0], 3, 1, 1), "K": torch.eye(3).repeat(c2w.shape[0], 1, 1),
+                         "c2w": c2w, "depth": None}
+                c2w = _as_sample(dummy, "prior", V, _generator(cfg.seed, 0, i, salt), _n_targets(cfg))["c2w"]
+            out.append((mode, c2w[:V].float()))
+        return out
+
+    if not len(val_dataset):
+        return []
+    train_traj = trajectories(dataset, 512 * max(1, len(cfg.data.modes)), salt=7)
+    fitted = {m: fit_priors([c for mm, c in train_traj if mm == m]) for m in {mm for mm, _ in train_traj}}
+    scored = score_priors(trajectories(val_dataset, salt=5), fitted)
+    return [{"kind": "prior", "prior": k, "step": 0, **v} for k, v in scored.items()]
 
 
 def _model_inputs(model, batch: dict, device) -> dict:
@@ -883,6 +941,7 @@ def _train(cfg, dataset, val_dataset, stop_at, callback, world, rank, local, res
         start = int(ck["step"])
         say(f"resumed {resume_from} at step {start}/{cfg.steps}")
     history = [r for r in read_log(out_dir / LOG_NAME) if r.get("step", 0) <= start] if start else []
+    priors: list[dict] = []
     if main_proc:
         _write_log(out_dir / LOG_NAME, history)
         import yaml
@@ -890,6 +949,15 @@ def _train(cfg, dataset, val_dataset, stop_at, callback, world, rank, local, res
         (out_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
         if init_note:
             say(init_note)
+        priors = [r for r in history if r.get("kind") == "prior"]
+        if not priors:
+            priors = prior_records(cfg, dataset, val_dataset)
+            for r in priors:
+                history.append(r)
+                _append_log(out_dir / LOG_NAME, r)
+        if priors:
+            say("blind priors on the validation scenes (pose L1 / AUC@30): " + ", ".join(
+                f"{r['prior']} {r['pose_L1']:.3f} / {r['AUC@30']:.3f}" for r in priors))
         if start == 0:
             say(f"training {sum(model.get_parameter(n).numel() for n in trained):,} parameters "
                 f"({len(skipped)} tensors not trained: {_summarise(skipped)}) on {device}"
@@ -925,7 +993,8 @@ def _train(cfg, dataset, val_dataset, stop_at, callback, world, rank, local, res
             history.append(rec)
             _append_log(out_dir / LOG_NAME, rec)
             say(f"step {step}: val loss {last_val['loss']:.4f}  RRA@15 {last_val['RRA@15']:.1f}%  "
-                f"RTA@15 {last_val['RTA@15']:.1f}%  AUC@30 {last_val['AUC@30']:.3f}"
+                f"RTA@15 {last_val['RTA@15']:.1f}%  AUC@30 {last_val['AUC@30']:.3f}  pose L1 {last_val['pose_L1']:.3f}"
+                + (f" (best prior {min(r['pose_L1'] for r in priors):.3f})" if priors else "")
                 + (f"  PSNR {last_val['psnr']:.2f} dB" if "psnr" in last_val else ""))
             if callback is not None:
                 callback(rec)
@@ -951,6 +1020,8 @@ def _train(cfg, dataset, val_dataset, stop_at, callback, world, rank, local, res
                 hook = pose_noise_hook(cfg, step, batch["slot"])
                 if hook is not None:
                     kw["pose_noise"] = hook
+            if cfg.loss.match_weight > 0:
+                kw["local_features"] = True
             with _autocast(device, amp):
                 out = net(images, **kw)
             loss, parts = compute_losses(out, b_to(batch, device), cfg)
