@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from flare_nb.scenes import synthetic
+from flare_nb.scenes.scene import synthetic
 from flare_nb.cameras import invert_pose, project_points
 from flare_nb.scenes.scene import Scene
 from flare_nb.scenes.preprocess import check_size
@@ -212,9 +212,13 @@ def test_depth_reprojects_consistently_between_views(mode):
         visible = ok & (rel < 0.02)
         assert visible.sum() > 0.2 * 128 * 128, (i, j)
         assert rel[visible].median() < 1e-3, (i, j, rel[visible].median())
-        # control: moving camera j 20 cm along its optical axis breaks the agreement
+        # control: turning camera j by 3 degrees about an oblique axis breaks the agreement. (A
+        # shift along the optical axis would not on a wall facing the camera, nor a turn about
+        # the vertical on the floor: a plane maps onto itself under a rotation about its normal.)
+        import roma
+        R = roma.rotvec_to_rotmat(torch.tensor([1.0, 1.0, 1.0]) / math.sqrt(3) * math.radians(3.0))
         c2w_bad = s.c2w[j].clone()
-        c2w_bad[:3, 3] += 0.2 * c2w_bad[:3, 2]
+        c2w_bad[:3, :3] = c2w_bad[:3, :3] @ R
         z, dj, _, _, ok = reprojection(s, i, j, c2w_j=c2w_bad)
         rel = (z - dj).abs() / dj
         assert rel[ok & (rel < 0.1)].median() > 3e-3
@@ -334,3 +338,15 @@ def test_orbit_arc_sets_the_camera_spread():
     for bad in [(50, 10), (-5, 10), (10, 400), "wide", (1,)]:
         with pytest.raises(ValueError, match="orbit_arc"):
             check_orbit_arc(bad)
+
+
+def test_cached_dataset_renders_once_and_stores_8_bit_images():
+    ds = SyntheticDataset([5, 6], 3, 64, ("orbit",), cache=True)
+    a = ds[0]
+    assert ds[0].images.data_ptr() != a.images.data_ptr()          # a fresh tensor, the pool unchanged
+    assert torch.equal(ds[0].images, a.images) and len(ds._cached) == 1
+    fresh = make_scene(5, 3, 64, "orbit")
+    assert (a.images - fresh.images).abs().max() <= 0.5 / 255 + 1e-6
+    assert torch.equal(a.depth, fresh.depth) and torch.equal(a.c2w, fresh.c2w)
+    mode, c2w = ds.cameras(1)
+    assert mode == "orbit" and torch.equal(c2w, make_scene(6, 3, 64, "orbit").c2w)

@@ -1,4 +1,4 @@
-"""The trainer (flare_nb.train): learning, exact resume, DDP equivalence, bad input, checkpoints.
+"""The trainer (flare_nb.train.trainer): learning, exact resume, DDP equivalence, bad input, checkpoints.
 
 Everything runs the tiny model on 64x64 synthetic scenes with 2 views for a few steps.
 """
@@ -338,3 +338,20 @@ def test_ddp_workers_die_with_their_launcher(tmp_path):
     finally:
         for c in alive:
             os.kill(c, signal.SIGKILL)
+
+
+def test_matching_loss_trains_the_descriptors_and_priors_sit_beside_validation(tmp_path):
+    cfg = small_cfg(tmp_path, steps=2, **{"loss.match_weight": 1.0, "data.cache": True,
+                                          "data.val_seeds": [1_000_000, 1_000_002]})
+    train(cfg)
+    log = read_log(tmp_path / "log.jsonl")
+    assert all("match" in r and math.isfinite(r["match"]) for r in log if r["kind"] == "train")
+    priors = {r["prior"]: r for r in log if r["kind"] == "prior"}
+    assert set(priors) == {"straight", "constant", "per_view"}
+    val = [r for r in log if r["kind"] == "val"][-1]
+    assert {"pose_L1", "AUC@30", "pose_L1/stage1", "match"} <= set(val)
+    assert all("pose_L1" in p and "AUC@30" in p for p in priors.values())
+    ck = load_checkpoint(tmp_path / CHECKPOINT_NAME)
+    assert any(n.startswith("downstream_head1.head_local_features") for n in ck["trained"])
+    with pytest.raises(ValueError, match="loss.match_weight"):
+        small_cfg(tmp_path, **{"loss.match_weight": -1.0})

@@ -38,13 +38,14 @@ import numpy as np
 import torch
 
 from flare_nb.eval.baselines import colmap_poses
-from flare_nb.eval.metrics import (pointcloud_metrics, pose_summary,
+from flare_nb.eval.metrics import (pointcloud_metrics, pose_l1, pose_summary,
                                    relative_pose_errors)
+from flare_nb.eval.priors import prior_method
 from flare_nb.inference import load_model, reconstruct
 from flare_nb.model.config import FlareConfig
 from flare_nb.scenes.preprocess import check_size
 from flare_nb.scenes.scene import Scene
-from flare_nb.scenes.synthetic import MODES, make_scene
+from flare_nb.scenes.synthetic import HELD_OUT_SEED_START, MODES, make_scene
 from flare_nb.scenes.synthetic import pointmaps as gt_pointmaps
 
 __all__ = ["FAILED_DEG", "HELD_OUT_SEED_START", "held_out_seeds", "evaluate_poses", "evaluate_pointmaps",
@@ -52,10 +53,9 @@ __all__ = ["FAILED_DEG", "HELD_OUT_SEED_START", "held_out_seeds", "evaluate_pose
            "register_method", "colmap_method", "flare_method", "load_flare_for_eval", "POSE_SOURCES", "main"]
 
 FAILED_DEG = 180.0                # rotation and translation error of a pair with an unregistered view
-HELD_OUT_SEED_START = 1_000_000   # synthetic seeds >= this are never used for training
 THRESHOLDS = (5, 15, 30)
 AUC_THRESHOLD = 30
-DEFAULT_COLUMNS = ("RRA@5", "RRA@15", "RTA@5", "RTA@15", "AUC@30", "registered_%", "focal_err_%",
+DEFAULT_COLUMNS = ("RRA@5", "RRA@15", "RTA@5", "RTA@15", "AUC@30", "pose_L1", "registered_%", "focal_err_%",
                    "chamfer", "time_s")
 GROUP_KEYS = ("method", "mode", "n_views", "size")
 
@@ -200,6 +200,7 @@ def evaluate_prediction(pred: dict, scene: Scene) -> dict:
     reg = pred.get("registered")
     reg = torch.isfinite(pred["c2w"]).flatten(1).all(1) if reg is None else torch.as_tensor(reg).bool().cpu()
     row = {k: v for k, v in m.items() if not isinstance(v, torch.Tensor)}
+    row["pose_L1"] = pose_l1(pred["c2w"], scene.c2w) if bool(reg.all()) else float("nan")
     if pred.get("K") is not None:
         fx = torch.as_tensor(pred["K"]).double()[:, 0, 0]
         fx_gt = scene.K.double()[:, 0, 0]
@@ -321,7 +322,18 @@ def evaluate_scene(predict_fn: PredictFn, scene: Scene, method: str = "method") 
 
 
 # name -> factory(**options) -> predict_fn; FLARE and the COLMAP baseline plug in the same way.
-METHODS: dict[str, Callable[..., PredictFn]] = {"colmap": colmap_method, "flare": flare_method}
+def _prior_factory(kind: str):
+    def factory(mode: str | None = None, fit_scenes: int = 512, orbit_arc=None) -> PredictFn:
+        return prior_method(kind, mode, fit_scenes=fit_scenes, orbit_arc=orbit_arc)
+    factory.__doc__ = (f"The blind '{kind}' pose prior (:mod:`flare_nb.eval.priors`), fitted on ``fit_scenes`` "
+                       "synthetic training scenes of the scored scene's mode; it never looks at the images.")
+    return factory
+
+
+METHODS: dict[str, Callable[..., PredictFn]] = {"colmap": colmap_method, "flare": flare_method,
+                                                "straight": _prior_factory("straight"),
+                                                "constant": _prior_factory("constant"),
+                                                "per_view": _prior_factory("per_view")}
 
 
 def register_method(name: str, factory: Callable[..., PredictFn], overwrite: bool = False) -> None:
@@ -340,14 +352,15 @@ def register_method(name: str, factory: Callable[..., PredictFn], overwrite: boo
 
 def evaluate_on_synthetic(predict_fn: PredictFn, seeds: int | Iterable[int] = 10, n_views: int = 4,
                           size=(256, 256), mode: str | Sequence[str] = "orbit", method: str = "method",
-                          allow_training_seeds: bool = False, progress: Callable[[dict], None] | None = None
-                          ) -> list[dict]:
+                          allow_training_seeds: bool = False, progress: Callable[[dict], None] | None = None,
+                          orbit_arc=None) -> list[dict]:
     """Run ``predict_fn`` on held-out synthetic scenes; one row (dict) per scene and mode.
 
     ``seeds``: a count ``n`` (the first ``n`` :func:`held_out_seeds`) or explicit seeds, all
     ``>= HELD_OUT_SEED_START`` unless ``allow_training_seeds``. ``n_views``, ``size (W, H)``
     and ``mode`` (``"orbit"``, ``"forward"`` or a list of both) go to
-    :func:`flare_nb.scenes.synthetic.make_scene`. The method sees the images only (module
+    :func:`flare_nb.scenes.synthetic.make_scene`; ``orbit_arc (lo, hi)`` degrees replaces the default
+    orbit spread (the rows' mode then reads ``"orbit lo-hi"``). The method sees the images only (module
     docstring). Each row: ``method, mode, n_views, size, seed``, the scalars of
     :func:`evaluate_prediction` and ``time_s`` (wall time of ``predict_fn``).
     ``progress(row)`` is called after each scene. Notebook 07.
@@ -372,11 +385,13 @@ def evaluate_on_synthetic(predict_fn: PredictFn, seeds: int | Iterable[int] = 10
     rows = []
     for m in modes:
         for s in seeds:
-            scene = make_scene(s, n_views, (W, H), m)
+            scene = make_scene(s, n_views, (W, H), m, **({} if orbit_arc is None else {"orbit_arc": tuple(orbit_arc)}))
             t0 = time.perf_counter()
             out = predict_fn(_images_only(scene))
             dt = time.perf_counter() - t0
             row = dict(method=method, mode=m, n_views=n_views, size=f"{W}x{H}", seed=s)
+            if orbit_arc is not None and m == "orbit":
+                row["mode"] = f"orbit {orbit_arc[0]:g}-{orbit_arc[1]:g}"
             row.update(evaluate_prediction(_as_prediction(out, scene.n_views, scene.hw, f"{method} on seed {s}"),
                                            scene))
             row["time_s"] = dt
@@ -471,6 +486,10 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
     p.add_argument("--size", type=int, nargs=2, default=[256, 256], metavar=("W", "H"))
     p.add_argument("--first-seed", type=int, default=HELD_OUT_SEED_START)
     p.add_argument("--opt", nargs="*", default=[], metavar="KEY=VALUE", help="options for the method's factory")
+    p.add_argument("--orbit-arc", type=float, nargs=2, default=None, metavar=("LO", "HI"),
+                   help="orbit spread in degrees (default: the generator's 40 200); priors are fitted on it too")
+    p.add_argument("--priors", action="store_true",
+                   help="also score the blind pose priors (straight, constant, per_view) on the same scenes")
     p.add_argument("--per-scene", action="store_true", help="also print one line per scene")
     p.add_argument("--json", default=None, help="write the rows to this JSON file")
     a = p.parse_args(argv)
@@ -480,9 +499,15 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
         predict_fn = METHODS[a.method](**_parse_opts(a.opt))
     except (TypeError, ValueError) as e:
         p.error(f"cannot build method {a.method!r} with options {a.opt}: {e}")
+    methods = [(a.method, predict_fn)]
+    if a.priors:
+        methods += [(k, METHODS[k](orbit_arc=a.orbit_arc)) for k in ("straight", "constant", "per_view")
+                    if k != a.method]
+    rows = []
     try:
-        rows = evaluate_on_synthetic(predict_fn, held_out_seeds(a.scenes, a.first_seed), a.n_views,
-                                     tuple(a.size), a.mode, method=a.method)
+        for name, fn in methods:
+            rows += evaluate_on_synthetic(fn, held_out_seeds(a.scenes, a.first_seed), a.n_views,
+                                          tuple(a.size), a.mode, method=name, orbit_arc=a.orbit_arc)
     except ValueError as e:
         p.error(str(e))
     if a.per_scene:

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from flare_nb.cameras import umeyama
+from flare_nb.cameras import matrix_to_quat, relative_to_view0, umeyama
 from flare_nb.render.losses import (  # noqa: F401  (ssim re-exported)
     VGG16_TAPS, VGG16Features, ssim)
 
@@ -210,6 +210,30 @@ def pose_metrics(c2w_pred: torch.Tensor, c2w_gt: torch.Tensor, thresholds=(5, 15
     out = pose_summary(rot, trans, thresholds, auc_threshold)
     out.update(rot_err=rot, trans_err=trans, pairs=pairs)
     return out
+
+
+def pose_l1(c2w_pred: torch.Tensor, c2w_gt: torch.Tensor) -> float:
+    """The pose-head objective as a metric: mean over the source views ``1..V-1`` of
+    ``mean|q - q_gt| + mean|T - T_gt|``, both trajectories taken relative to view 0, translations
+    divided by their mean norm over the views, unit quaternions ``wxyz`` with ``w >= 0``
+    (:func:`flare_nb.train.losses.gt_pose_targets`'s convention). 0 is perfect; it is what the training
+    loss drives down, so a model that learned nothing sits at the value of the priors
+    (:mod:`flare_nb.eval.priors`). ``c2w (V, 4, 4)``; translation-free trajectories count their
+    translations as 0."""
+
+    P, G = _check_c2w(c2w_pred, "c2w_pred"), _check_c2w(c2w_gt, "c2w_gt")
+    if P.shape != G.shape or P.shape[0] < 2:
+        raise ValueError(f"pose_l1 needs two (V, 4, 4) trajectories with V >= 2, got {tuple(P.shape)}, {tuple(G.shape)}")
+
+    def targets(c2w):
+        rel = relative_to_view0(c2w)
+        t = rel[:, :3, 3]
+        scale = t.norm(dim=-1).mean()
+        return (t / scale if scale > 1e-12 else t), matrix_to_quat(rel[:, :3, :3])
+
+    (tp, qp), (tg, qg) = targets(P), targets(G)
+    err = (qp - qg).abs().mean(-1) + (tp - tg).abs().mean(-1)
+    return float(err[1:].mean())
 
 
 # ---------------------------------------------------------------------------------------------

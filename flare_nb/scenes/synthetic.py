@@ -40,14 +40,21 @@ from flare_nb.cameras import (intrinsics_from_focal, invert_pose, pixel_grid,
 from flare_nb.scenes.preprocess import check_size
 from flare_nb.scenes.scene import Scene
 
-__all__ = ["MODES", "make_scene", "pointmaps", "SyntheticDataset", "collate_scenes"]
+__all__ = ["MODES", "make_scene", "make_cameras", "pointmaps", "SyntheticDataset", "collate_scenes"]
 
 MODES = ("orbit", "forward")
+HELD_OUT_SEED_START = 1_000_000   # seeds >= this are never used for training (evaluation only)
 ORBIT_ARC = (40.0, 200.0)     # default azimuth span (degrees) from the first to the last orbit view
 _SHAPES = ("sphere", "box", "cylinder", "torus")
 _TEXTURES = ("noise", "checker", "stripes", "spots")
+# Orbit scenes favour what tells one azimuth from another: boxes over the rotationally symmetric
+# spheres, cylinders and tori, and aperiodic textures (noise, spots) over checkers and stripes;
+# the ground is noise or spots (a checker floor looks the same from many directions).
+_ORBIT_SHAPE_P = (0.15, 0.5, 0.2, 0.15)          # sphere, box, cylinder, torus
+_ORBIT_TEXTURE_P = (0.4, 0.1, 0.1, 0.4)          # noise, checker, stripes, spots
 _TORUS_TUBE = 0.35           # minor radius of the unit torus (major radius 1)
 _ENV_ID = 1                  # mask id of the ground / room; objects are 2, 3, ...
+_PATH_CLEARANCE = 1.6        # forward mode: objects keep this far (plus their radius) from the start line
 
 
 # ----------------------------------------------------------------------------- argument checks
@@ -210,10 +217,11 @@ def _periodic_lattice(t: np.ndarray) -> np.ndarray:
     return np.pad(t, ((0, 1), (0, 1), (0, 1)), mode="wrap").astype(np.float32)
 
 
-def _make_texture(rng: np.random.Generator, kind: str | None = None, freq=(2.5, 7.0)) -> dict:
+def _make_texture(rng: np.random.Generator, kind: str | None = None, freq=(2.5, 7.0), kind_p=None) -> dict:
     """Parameters of one procedural texture: kind, two colours, frequency (cycles / metre),
     a stripe direction, random offset and a seeded 16^3 (periodic) value-noise lattice."""
-    kind = kind or _TEXTURES[rng.integers(len(_TEXTURES))]
+    if kind is None:
+        kind = _TEXTURES[rng.integers(len(_TEXTURES))] if kind_p is None else _TEXTURES[rng.choice(len(_TEXTURES), p=kind_p)]
     c0 = _random_colour(rng)
     c1 = _random_colour(rng)
     if np.abs(c0 - c1).sum() < 0.6:          # keep the two colours apart: contrast for matching
@@ -280,7 +288,7 @@ def _albedo(tex: dict, x: np.ndarray) -> np.ndarray:
 # ----------------------------------------------------------------------------- layouts
 
 
-def _place_objects(rng, n, region, clear, sizes):
+def _place_objects(rng, n, region, clear, sizes, shape_p=None):
     """Rejection-sample ``n`` non-overlapping objects resting on z = 0.
 
     ``region`` = (xmin, xmax, ymin, ymax); ``clear(xy, r)`` -> bool says whether a footprint
@@ -288,7 +296,7 @@ def _place_objects(rng, n, region, clear, sizes):
     placed, out = [], []
     for _ in range(n):
         for _attempt in range(60):
-            kind = _SHAPES[rng.integers(len(_SHAPES))]
+            kind = _SHAPES[rng.integers(len(_SHAPES))] if shape_p is None else _SHAPES[rng.choice(len(_SHAPES), p=shape_p)]
             size = rng.uniform(*sizes)
             if kind == "sphere":
                 s = size * np.array([1.0, 1.0, 1.0]) * rng.uniform(0.75, 1.25, 3)
@@ -323,12 +331,12 @@ def _place_objects(rng, n, region, clear, sizes):
 def _orbit_layout(rng, n_objects):
     n = int(rng.integers(2, 6)) if n_objects is None else n_objects
     objs = _place_objects(rng, n, (-1.3, 1.3, -1.3, 1.3),
-                          clear=lambda xy, r: np.linalg.norm(xy) + r < 1.9, sizes=(0.25, 0.6))
+                          clear=lambda xy, r: np.linalg.norm(xy) + r < 1.9, sizes=(0.25, 0.6), shape_p=_ORBIT_SHAPE_P)
     parts = [_Part("quad", np.eye(3), [9.0, 9.0, 1.0], [0, 0, 0],
-                   _make_texture(rng, kind=("checker", "noise", "stripes")[rng.integers(3)], freq=(1.2, 3.0)),
+                   _make_texture(rng, kind=("spots", "noise")[rng.integers(2)], freq=(1.2, 3.0)),
                    _ENV_ID, normal=(0, 0, 1))]
     for k, (kind, R, s, t) in enumerate(objs):
-        parts.append(_Part(kind, R, s, t, _make_texture(rng), 2 + k))
+        parts.append(_Part(kind, R, s, t, _make_texture(rng, kind_p=_ORBIT_TEXTURE_P), 2 + k))
     light = np.array([rng.uniform(-20, 20), rng.uniform(-20, 20), 40.0])
     centre = np.mean([t for *_, t in objs], axis=0) if objs else np.zeros(3)
     centre = np.array([centre[0], centre[1], 0.3])
@@ -348,7 +356,7 @@ def _forward_layout(rng, n_objects):
 
     def clear(xy, r):
         inside = (abs(xy[0]) + r < L / 2 - 0.05) and (abs(xy[1]) + r < Wd / 2 - 0.05)
-        return inside and (abs(xy[1] - y_path) > r + 1.0 or xy[0] - r > x_start + 4.5)
+        return inside and (abs(xy[1] - y_path) > r + _PATH_CLEARANCE or xy[0] - r > x_start + 4.5)
 
     objs = _place_objects(rng, n, (-L / 2, L / 2, -Wd / 2, Wd / 2), clear, sizes=(0.25, 0.7))
     wall_tex = _make_texture(rng, kind=("stripes", "noise")[rng.integers(2)], freq=(1.5, 4.0))
@@ -367,7 +375,9 @@ def _forward_layout(rng, n_objects):
     for k, (kind, R, s, t) in enumerate(objs):
         parts.append(_Part(kind, R, s, t, _make_texture(rng), 2 + k))
     light = np.array([rng.uniform(-0.3, 0.3) * L, rng.uniform(-0.3, 0.3) * Wd, Ht - 0.2])
-    return dict(parts=parts, light=light, room=(L, Wd, Ht), y_path=y_path, x_start=x_start)
+    obstacles = [(t[:2].copy(), float(np.linalg.norm(((_unit_mesh(kind)[0] * s) @ R.T)[:, :2], axis=1).max()))
+                 for kind, R, s, t in objs]
+    return dict(parts=parts, light=light, room=(L, Wd, Ht), y_path=y_path, x_start=x_start, obstacles=obstacles)
 
 
 # ----------------------------------------------------------------------------- cameras
@@ -392,24 +402,49 @@ def _orbit_cameras(rng, layout, n_views, arc_deg=ORBIT_ARC):
 
 
 def _forward_cameras(rng, layout, n_views):
+    """A walk through the room: ``step`` metres per view along a heading that turns by ``turn``
+    degrees per view (a curve, not a line), the camera looking ``strafe`` degrees off its
+    direction of motion (sideways walking), plus small per-view jitter of yaw, pitch, roll and
+    height. Distribution (per scene): step ~ U(0.25, 0.55) m, turn ~ U(-12, 12) deg/view,
+    strafe ~ U(-25, 25) deg, start yaw ~ U(-14, 14) deg, pitch ~ U(-9, 3) deg, fov ~ U(55, 75) deg.
+    A walk that would pass within 0.7 m of a wall or an object's footprint is drawn again with a
+    gentler turn and shorter steps (rejection with shrinking, deterministic per seed)."""
     L, Wd, Ht = layout["room"]
-    step = rng.uniform(0.15, 0.4)
-    drift = rng.uniform(-0.15, 0.15)                    # sideways metres per metre forward
-    height = rng.uniform(1.2, 1.8)
-    yaw = rng.uniform(-0.25, 0.25)
-    pitch = rng.uniform(-0.15, 0.05)
+    obstacles = layout.get("obstacles", [])
+    step = rng.uniform(0.25, 0.55)
+    turn = math.radians(rng.uniform(-12.0, 12.0))
+    strafe = math.radians(rng.uniform(-25.0, 25.0))
+    height0 = rng.uniform(1.2, 1.8)
+    yaw0 = rng.uniform(-0.25, 0.25)
+    pitch0 = rng.uniform(-0.15, 0.05)
     fov = math.radians(rng.uniform(55, 75))
-    x, y = layout["x_start"], layout["y_path"]
-    poses = []
-    for i in range(n_views):
-        heading = np.array([math.cos(yaw) * math.cos(pitch), math.sin(yaw) * math.cos(pitch), math.sin(pitch)])
-        eye = np.array([x, y, height])
-        poses.append(_look_at(eye, eye + heading, roll=rng.normal(0, math.radians(1.5))))
-        x += step * rng.uniform(0.8, 1.2)
-        y = float(np.clip(y + step * (drift + rng.normal(0, 0.05)), -Wd / 2 + 0.4, Wd / 2 - 0.4))
-        height += rng.normal(0, 0.02)
-        yaw += rng.normal(0, math.radians(3))
-        pitch = float(np.clip(pitch + rng.normal(0, math.radians(1.5)), -0.3, 0.15))
+    margin = 0.7
+
+    def clear(x, y):
+        if abs(x) > L / 2 - margin or abs(y) > Wd / 2 - margin:
+            return False
+        return all(math.hypot(x - o[0][0], y - o[0][1]) > r + margin for o in obstacles for r in (o[1],))
+
+    for attempt in range(40):
+        x, y, height = layout["x_start"], layout["y_path"], height0
+        yaw, pitch = yaw0, pitch0
+        poses, ok = [], True
+        for i in range(n_views):
+            ok = ok and clear(x, y)
+            heading = np.array([math.cos(yaw) * math.cos(pitch), math.sin(yaw) * math.cos(pitch), math.sin(pitch)])
+            eye = np.array([x, y, height])
+            poses.append(_look_at(eye, eye + heading, roll=rng.normal(0, math.radians(1.5))))
+            move = yaw - strafe + rng.normal(0, math.radians(2))         # direction of motion
+            d = step * rng.uniform(0.85, 1.15)
+            x, y = x + d * math.cos(move), y + d * math.sin(move)
+            height += rng.normal(0, 0.02)
+            yaw += turn + rng.normal(0, math.radians(2))
+            pitch = float(np.clip(pitch + rng.normal(0, math.radians(1.5)), -0.3, 0.15))
+        if ok:
+            break
+        turn *= 0.75
+        strafe *= 0.75
+        step *= 0.9
     return np.stack(poses), fov
 
 
@@ -494,6 +529,28 @@ def _render(layout, c2w: np.ndarray, K: np.ndarray, H: int, W: int, n_threads: i
     return (np.clip(colour, 0.0, 1.0).reshape(V, H, W, 3), depth.reshape(V, H, W), mask.reshape(V, H, W))
 
 
+def _layout_and_cameras(seed, n_views, mode, n_objects, orbit_arc):
+    ss = np.random.SeedSequence([int(seed), MODES.index(mode)])
+    layout_rng, camera_rng = (np.random.default_rng(s) for s in ss.spawn(2))
+    if mode == "orbit":
+        layout = _orbit_layout(layout_rng, n_objects)
+        c2w, fov = _orbit_cameras(camera_rng, layout, n_views, orbit_arc)
+    else:
+        layout = _forward_layout(layout_rng, n_objects)
+        c2w, fov = _forward_cameras(camera_rng, layout, n_views)
+    return layout, c2w, fov
+
+
+def make_cameras(seed: int, n_views: int = 4, mode: str = "orbit", n_objects: int | None = None,
+                 orbit_arc=ORBIT_ARC) -> torch.Tensor:
+    """The cameras ``c2w (V, 4, 4)`` float32 of ``make_scene(seed, n_views, ..., mode)`` without
+    rendering anything (the same random draws): cheap enough to fit pose priors on thousands of
+    training scenes (:mod:`flare_nb.eval.priors`)."""
+    _check_args(seed, n_views, mode)
+    _, c2w, _ = _layout_and_cameras(seed, n_views, mode, n_objects, check_orbit_arc(orbit_arc))
+    return torch.from_numpy(c2w.astype(np.float32))
+
+
 def make_scene(seed: int, n_views: int = 4, size=(128, 128), mode: str = "orbit",
                n_objects: int | None = None, return_masks: bool = False, n_threads: int = 0,
                orbit_arc=ORBIT_ARC):
@@ -530,14 +587,7 @@ def make_scene(seed: int, n_views: int = 4, size=(128, 128), mode: str = "orbit"
     if n_objects is not None and (isinstance(n_objects, bool) or not isinstance(n_objects, (int, np.integer))
                                   or not 0 <= n_objects <= 12):
         raise ValueError(f"n_objects must be None or an int in [0, 12], got {n_objects!r}")
-    ss = np.random.SeedSequence([int(seed), MODES.index(mode)])
-    layout_rng, camera_rng = (np.random.default_rng(s) for s in ss.spawn(2))
-    if mode == "orbit":
-        layout = _orbit_layout(layout_rng, n_objects)
-        c2w, fov = _orbit_cameras(camera_rng, layout, n_views, orbit_arc)
-    else:
-        layout = _forward_layout(layout_rng, n_objects)
-        c2w, fov = _forward_cameras(camera_rng, layout, n_views)
+    layout, c2w, fov = _layout_and_cameras(seed, n_views, mode, n_objects, orbit_arc)
     focal = 0.5 * W / math.tan(0.5 * fov)
     K = intrinsics_from_focal(focal, H, W, dtype=torch.float64).numpy()
     img, depth, masks = _render(layout, c2w, K, H, W, n_threads=n_threads)
@@ -580,11 +630,14 @@ class SyntheticDataset(torch.utils.data.Dataset):
     ``seeds``: an int ``n`` (seeds ``0 .. n-1``) or a sequence / range of non-negative ints.
     Item ``i`` is ``make_scene(seeds[i], n_views, size, modes[i % len(modes)])``, a
     :class:`~flare_nb.scenes.scene.Scene`; use ``collate_fn=collate_scenes`` in a ``DataLoader``.
+    ``cache=True`` keeps each rendered scene (8-bit images, ~80 kB for 4 views of 64x64) and
+    returns it again on the next access: a fixed pool of scenes rendered once, for training
+    runs that revisit their scenes many times.
     """
 
     def __init__(self, seeds: int | Sequence[int] = 1000, n_views: int = 4, size=(128, 128),
                  modes: Sequence[str] = MODES, n_objects: int | None = None, n_threads: int = 1,
-                 orbit_arc=ORBIT_ARC):
+                 orbit_arc=ORBIT_ARC, cache: bool = False):
         if isinstance(seeds, (int, np.integer)) and not isinstance(seeds, bool):
             if seeds <= 0:
                 raise ValueError(f"seeds must be a positive count or a sequence of seeds, got {seeds}")
@@ -603,6 +656,8 @@ class SyntheticDataset(torch.utils.data.Dataset):
         self.n_views, self.size, self.modes = n_views, check_size(size), tuple(modes)
         self.n_objects, self.n_threads = n_objects, n_threads
         self.orbit_arc = check_orbit_arc(orbit_arc)
+        self.cache = bool(cache)
+        self._cached: dict[int, tuple] = {}
 
     def __len__(self) -> int:
         return len(self.seeds)
@@ -616,9 +671,34 @@ class SyntheticDataset(torch.utils.data.Dataset):
         if not -len(self) <= i < len(self):
             raise IndexError(f"SyntheticDataset index {i} out of range for {len(self)} scenes")
         i = i % len(self)
+        if self.cache and orbit_arc is None:
+            if i not in self._cached:
+                self._cached[i] = _pack(self._make(i, None))
+            return _unpack(self._cached[i])
+        return self._make(i, orbit_arc)
+
+    def cameras(self, i: int) -> tuple[str, torch.Tensor]:
+        """``(mode, c2w (V, 4, 4))`` of item ``i`` without rendering it."""
+        i = i % len(self)
+        mode = self.modes[i % len(self.modes)]
+        return mode, make_cameras(self.seeds[i], self.n_views, mode, self.n_objects, self.orbit_arc)
+
+    def _make(self, i: int, orbit_arc) -> Scene:
         return make_scene(self.seeds[i], self.n_views, self.size, self.modes[i % len(self.modes)],
                           n_objects=self.n_objects, n_threads=self.n_threads,
                           orbit_arc=self.orbit_arc if orbit_arc is None else orbit_arc)
+
+
+def _pack(scene: Scene) -> tuple:
+    """A rendered scene in a quarter of its memory: 8-bit images (the renderer's colours are
+    quantised exactly as a PNG would store them), float32 depth kept exact."""
+    img = torch.round(scene.images.clamp(0, 1) * 255).to(torch.uint8)
+    return img, scene.K, scene.c2w, scene.depth, scene.names, scene.source
+
+
+def _unpack(packed: tuple) -> Scene:
+    img, K, c2w, depth, names, source = packed
+    return Scene(images=img.float() / 255, K=K, c2w=c2w, depth=depth, names=list(names), source=source)
 
 
 def collate_scenes(scenes: Sequence[Scene]) -> dict:

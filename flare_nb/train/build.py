@@ -97,8 +97,11 @@ def select_trainable(model, cfg: TrainConfig, device) -> tuple[list[str], list[s
     probe[..., ::2, :] = 0.5
     model.zero_grad(set_to_none=True)
     intr = torch.tensor([[[m, m, m / 2, m / 2]] * 2], dtype=torch.float32, device=device)
-    out = model(probe, intrinsics=intr)
+    match = model.cfg.kind == "geometry" and cfg.loss.match_weight > 0    # the matching loss reads head 1's descriptors
+    out = model(probe, intrinsics=intr, **({"local_features": True} if match else {}))
     parts = [out.pose_enc_stage1, out.pose_enc_stage2, out.pts3d_global, out.conf_global]
+    if match:
+        parts.append(out.local_features["cam"][..., :-1])
     parts += [t for t in (out.pts3d_cam, out.conf_cam) if t is not None]
     parts += list((out.gaussians_raw or {}).values())
     sum(t.float().mean() for t in parts).backward()

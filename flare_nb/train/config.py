@@ -61,6 +61,8 @@ class DataConfig:
     orbit_arc: list = field(default_factory=lambda: [40.0, 200.0])   # degrees, first -> last orbit view
     orbit_arc_start: list | None = None   # curriculum: the arc range at step 0, widened linearly ...
     curriculum_steps: int = 0             # ... to orbit_arc over this many steps (0 = no curriculum)
+    cache: bool = False                   # keep each rendered training scene in memory and reuse it (a
+                                          # fixed pool: train_seeds [0, N) renders N scenes once)
     paths: list = field(default_factory=list)      # kind: scenes -- scene folders / transforms.json
     val_paths: list = field(default_factory=list)
 
@@ -86,6 +88,9 @@ class LossConfig:
     w_cam: float = 0.5
     w_global: float = 1.0
     conf_alpha: float = 0.2
+    match_weight: float = 0.0          # InfoNCE matching of head 1's descriptors (flare_nb.train.correspondence)
+    match_samples: int = 256           # correspondences drawn per source view
+    match_tau: float = 0.07            # softmax temperature of the matching loss
 
 
 @dataclass
@@ -208,6 +213,14 @@ class TrainConfig:
                 check_orbit_arc(d.orbit_arc_start)
             except ValueError as e:
                 raise ValueError(f"config field data.orbit_arc_start: {e}") from None
+        need(isinstance(d.cache, bool), "data.cache", "true or false")
+        L = self.loss
+        need(isinstance(L.match_weight, (int, float)) and not isinstance(L.match_weight, bool) and L.match_weight >= 0,
+             "loss.match_weight", "a non-negative number")
+        need(_is_int(L.match_samples) and L.match_samples >= 1, "loss.match_samples", "a positive int")
+        need(isinstance(L.match_tau, (int, float)) and L.match_tau > 0, "loss.match_tau", "a positive number")
+        need(L.match_weight == 0 or MODEL_CONFIGS[self.model] == "geometry", "loss.match_weight",
+             "0 for the NVS models (the matching loss uses the geometry model's camera-centric head)")
         need(_is_int(d.curriculum_steps) and d.curriculum_steps >= 0, "data.curriculum_steps", "a non-negative int")
         need(d.curriculum_steps == 0 or d.orbit_arc_start is not None, "data.orbit_arc_start",
              "an arc range [lo, hi] when data.curriculum_steps > 0")

@@ -24,7 +24,7 @@ def make_datasets(cfg: TrainConfig):
 
         kw = dict(n_objects=d.n_objects, orbit_arc=tuple(d.orbit_arc))
         n = d.n_views + n_targets(cfg)           # stage 2: target views come from the same sequence
-        train = SyntheticDataset(seed_list(d.train_seeds), n, tuple(d.size), d.modes, **kw)
+        train = SyntheticDataset(seed_list(d.train_seeds), n, tuple(d.size), d.modes, cache=d.cache, **kw)
         vs = seed_list(d.val_seeds)
         val = SyntheticDataset(vs, n, tuple(d.size), d.modes, **kw) if vs else []
         return train, val

@@ -58,7 +58,7 @@ from flare_nb.train.objective import compute_losses
 from flare_nb.train.optim import make_optimizer
 from flare_nb.train.state import (CHECKPOINT_NAME, FORMAT, load_checkpoint,
                                   rng_state, save_checkpoint, set_rng_state)
-from flare_nb.train.validate import autocast_context, evaluate
+from flare_nb.train.validate import autocast_context, evaluate, prior_records
 
 __all__ = ["NonFiniteLossError", "TrainResult", "dist_env", "train"]
 
@@ -213,6 +213,7 @@ def _train(cfg, dataset, val_dataset, stop_at, callback, world, rank, local, res
         start = int(ck["step"])
         say(f"resumed {resume_from} at step {start}/{cfg.steps}")
     history = [r for r in read_log(out_dir / LOG_NAME) if r.get("step", 0) <= start] if start else []
+    priors: list[dict] = []
     if main_proc:
         write_log(out_dir / LOG_NAME, history)
         import yaml
@@ -220,6 +221,15 @@ def _train(cfg, dataset, val_dataset, stop_at, callback, world, rank, local, res
         (out_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
         if init_note:
             say(init_note)
+        priors = [r for r in history if r.get("kind") == "prior"]
+        if not priors:
+            priors = prior_records(cfg, dataset, val_dataset)
+            for r in priors:
+                history.append(r)
+                append_log(out_dir / LOG_NAME, r)
+        if priors:
+            say("blind priors on the validation scenes (pose L1 / AUC@30): " + ", ".join(
+                f"{r['prior']} {r['pose_L1']:.3f} / {r['AUC@30']:.3f}" for r in priors))
         if start == 0:
             say(f"training {sum(model.get_parameter(n).numel() for n in trained):,} parameters "
                 f"({len(skipped)} tensors not trained: {summarise(skipped)}) on {device}"
@@ -255,7 +265,8 @@ def _train(cfg, dataset, val_dataset, stop_at, callback, world, rank, local, res
             history.append(rec)
             append_log(out_dir / LOG_NAME, rec)
             say(f"step {step}: val loss {last_val['loss']:.4f}  RRA@15 {last_val['RRA@15']:.1f}%  "
-                f"RTA@15 {last_val['RTA@15']:.1f}%  AUC@30 {last_val['AUC@30']:.3f}"
+                f"RTA@15 {last_val['RTA@15']:.1f}%  AUC@30 {last_val['AUC@30']:.3f}  pose L1 {last_val['pose_L1']:.3f}"
+                + (f" (best prior {min(r['pose_L1'] for r in priors):.3f})" if priors else "")
                 + (f"  PSNR {last_val['psnr']:.2f} dB" if "psnr" in last_val else ""))
             if callback is not None:
                 callback(rec)
@@ -281,6 +292,8 @@ def _train(cfg, dataset, val_dataset, stop_at, callback, world, rank, local, res
                 hook = pose_noise_hook(cfg, step, batch["slot"])
                 if hook is not None:
                     kw["pose_noise"] = hook
+            if cfg.loss.match_weight > 0:
+                kw["local_features"] = True
             with autocast_context(device, amp):
                 out = net(images, **kw)
             loss, parts = compute_losses(out, b_to(batch, device), cfg)

@@ -8,6 +8,7 @@ from flare_nb.cameras import unproject_depth
 from flare_nb.render.losses import PerceptualLoss, depth_loss, mse, ssim
 from flare_nb.render.targets import render_targets
 from flare_nb.train.config import TrainConfig
+from flare_nb.train.correspondence import match_loss
 from flare_nb.train.losses import geometry_loss, pose_loss
 
 __all__ = ["compute_losses", "render_loss"]
@@ -63,6 +64,15 @@ def compute_losses(out, batch: dict, cfg: TrainConfig) -> tuple[torch.Tensor, di
         parts["geometry"] = lg.detach()
         if cam:
             parts.update(geo_cam=torch.stack(cam).mean(), geo_global=torch.stack(glob).mean())
+    if L.match_weight > 0:
+        if out.local_features is None or batch.get("depth") is None:
+            raise ValueError("loss.match_weight > 0 needs depth in the data and the descriptor branch "
+                             "(the model run with local_features=True)")
+        desc = out.local_features["cam"][..., :-1]              # the last channel is a confidence
+        lm = match_loss(desc, batch["depth"].float(), batch["K"].float(), c2w, n_samples=L.match_samples,
+                        tau=L.match_tau)
+        total = total + L.match_weight * lm
+        parts["match"] = lm.detach()
     if cfg.stage == 2:
         lr_, rp = render_loss(out, batch, cfg)
         total = total + lr_
