@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from flare_nb.scenes.scene import synthetic
+from flare_nb.scenes import synthetic
 from flare_nb.cameras import invert_pose, project_points
 from flare_nb.scenes.scene import Scene
 from flare_nb.scenes.preprocess import check_size

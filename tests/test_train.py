@@ -1,4 +1,4 @@
-"""The trainer (flare_nb.train.trainer): learning, exact resume, DDP equivalence, bad input, checkpoints.
+"""The trainer (flare_nb.train): learning, exact resume, DDP equivalence, bad input, checkpoints.
 
 Everything runs the tiny model on 64x64 synthetic scenes with 2 views for a few steps.
 """
