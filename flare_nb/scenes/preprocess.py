@@ -115,8 +115,8 @@ def check_size(size) -> tuple[int, int]:
         msg = ", ".join(f"{n} {v}" for n, v in bad)
         lo = f"{max(PATCH, (W // PATCH) * PATCH)}x{max(PATCH, (H // PATCH) * PATCH)}"
         hi = f"{max(PATCH, -(-W // PATCH) * PATCH)}x{max(PATCH, -(-H // PATCH) * PATCH)}"
-        raise ValueError(f"image size {W}x{H} (WxH) is not usable: {msg} is not allowed, sizes must be positive multiples "
-                         f"of {PATCH} (FLARE's coarse pose stage uses 64-px tokens); nearest valid "
+        raise ValueError(f"image size {W}x{H} (WxH) is not usable: {msg} is not a positive multiple of {PATCH}; "
+                         f"sizes must be multiples of {PATCH} (FLARE's coarse pose stage uses 64-px tokens); nearest valid "
                          f"size {_nearest(W)}x{_nearest(H)} (round down {lo}, round up {hi})")
     return int(W), int(H)
 
