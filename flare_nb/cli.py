@@ -263,7 +263,7 @@ def run(inputs, out, checkpoint=None, config="tiny", size=None, device="auto", r
     from . import export, reference_view
     from .device import resolve_device
     from .inference import load_model, reconstruct, resolve_config
-    from .preprocess import load_image, load_images, oriented_size
+    from .preprocess import check_one_orientation, load_image, load_images
 
     t_all = time.perf_counter()
     timings: dict[str, float] = {}
@@ -318,12 +318,8 @@ def run(inputs, out, checkpoint=None, config="tiny", size=None, device="auto", r
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             wh.append(load_image(p).size)
-    auto_orient = len({oriented_size(size, s) for s in wh}) == 1
-    if not auto_orient:
-        msg = f"the photos mix portrait and landscape; all are centre-cropped to {size[0]}x{size[1]}"
-        _warn(msg)
-        notes.append(msg)
-    x01, _, info = load_images(good, size=size, auto_orient=auto_orient)
+    check_one_orientation([p.name for p in good], wh, size)
+    x01, _, info = load_images(good, size=size)
     timings["preprocess"] = time.perf_counter() - t0
     H, W = x01.shape[-2:]
     t0 = time.perf_counter()
