@@ -144,7 +144,8 @@ class FlareOutput:
       batch axis): ``patch_embed_out``, ``enc_norm_out``, ``stage1_cam_tokens``,
       ``stage2_cam_tokens``, ``stage2_camera_embed_in``, ``stage3_camera_embed_in``,
       ``stage2_tokens_last``, ``stage3_tokens_last``, ``stage{1,2}_pose_enc``,
-      ``stage{1,2}_focal``, ``stage{1,2}_R``, ``stage1_coarse_tokens (B, V, Nc, enc_dim)``; NVS model also ``fxfycxcy_embed_in (B, V, 4)``,
+      ``stage{1,2}_focal``, ``stage{1,2}_R``, ``stage1_coarse_tokens (B, V, Nc, enc_dim)``; NVS
+      model also ``fxfycxcy_embed_in (B, V, 4)``,
       ``enc_stage2_norm_out (B, V, N, enc_dim)``, ``desc (B, V, H, W, desc_dim + 1)`` and
       ``cnn_detail (B, V, H, W, cnn_detail_dim)`` (full resolution, channels last).
     * NVS model only (None otherwise; ``pts3d_cam`` / ``conf_cam`` are None there):
