@@ -5,6 +5,7 @@
     flare-nb demo [--out flare_nb_demo]          # the bundled room scene (data/real/room)
     flare-nb reconstruct PHOTOS_OR_FOLDER --out DIR [--checkpoint PATH] [--config tiny|official_geometry]
              [--size 512x384] [--device auto] [--ref-view auto|N|NAME] [--conf-threshold Q] [--force]
+             [--poses transforms.json|COLMAP_MODEL_DIR]
 
 Pipeline (each step timed and printed): collect the photos (non-images and unreadable files
 skipped with a warning; more than ``--max-views`` are subsampled evenly) -> load the model
@@ -38,7 +39,7 @@ from pathlib import Path
 import torch
 
 __all__ = ["main", "build_parser", "collect_images", "parse_size", "estimate_memory_bytes", "check_memory",
-           "run", "default_size", "MEMORY_MODEL"]
+           "run", "default_size", "MEMORY_MODEL", "read_poses", "match_poses"]
 
 DEFAULT_MAX_VIEWS = 8          # FLARE is trained on 2-8 views
 DEMO_VIEWS = 8
@@ -127,6 +128,85 @@ def collect_images(inputs, max_views: int = DEFAULT_MAX_VIEWS) -> tuple[list[Pat
         warns.append(f"found {n} images; FLARE is trained on 2-8 views, using {len(images)} evenly spaced "
                      f"ones ({images[0].name} ... {images[-1].name}); pass --max-views N to change")
     return images, warns
+
+
+def read_poses(path) -> dict[str, "torch.Tensor"]:
+    """Camera-to-world poses (OpenCV axes, float64 ``(4, 4)``) by image file name, for ``--poses``.
+
+    ``path``: a nerfstudio / instant-ngp ``transforms.json`` (or a folder holding one):
+    ``frames[].transform_matrix`` is camera-to-world in OpenGL axes and is converted; or a
+    COLMAP model folder (``cameras``/``images`` ``.txt`` or ``.bin``, also ``sparse/0`` below
+    it): ``cam_from_world`` is inverted. Keys are the base names of ``file_path`` / the
+    COLMAP image names. Raises FileNotFoundError / ValueError with one line naming the file."""
+    import json as _json
+
+    from .cameras import invert_pose, opengl_to_opencv
+
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"--poses: no such file or folder: {path}")
+    js = path / "transforms.json" if path.is_dir() else path
+    if js.is_file():
+        try:
+            meta = _json.loads(js.read_text())
+        except (ValueError, UnicodeDecodeError) as e:
+            raise ValueError(f"--poses {js}: not valid JSON ({e})") from None
+        if not isinstance(meta, dict) or not isinstance(meta.get("frames"), list):
+            raise ValueError(f"--poses {js}: expected a transforms.json object with a 'frames' list")
+        out = {}
+        for i, fr in enumerate(meta["frames"]):
+            try:
+                T = torch.tensor(fr["transform_matrix"], dtype=torch.float64)
+                name = Path(str(fr["file_path"])).name
+            except (KeyError, TypeError, ValueError):
+                raise ValueError(f"--poses {js}: frame {i} needs 'file_path' and a numeric 4x4 "
+                                 "'transform_matrix'") from None
+            if T.shape == (3, 4):
+                T = torch.cat((T, T.new_tensor([[0, 0, 0, 1]])))
+            if T.shape != (4, 4):
+                raise ValueError(f"--poses {js}: frame {i} ({name}): transform_matrix must be 4x4, "
+                                 f"got {tuple(T.shape)}")
+            out[name] = opengl_to_opencv(T[None])[0]
+        return out
+    model_dir = next((d for d in (path, path / "sparse" / "0", path / "sparse")
+                      if any((d / f"images.{e}").is_file() for e in ("txt", "bin"))), None)
+    if model_dir is None:
+        raise ValueError(f"--poses {path}: expected a transforms.json or a COLMAP model folder "
+                         "(cameras/images/points3D .txt or .bin)")
+    import pycolmap
+
+    try:
+        rec = pycolmap.Reconstruction(str(model_dir))
+    except Exception as e:  # noqa: BLE001 - pycolmap raises several types
+        raise ValueError(f"--poses {model_dir}: pycolmap could not read the COLMAP model ({e})") from None
+    out = {}
+    for image in rec.images.values():
+        if hasattr(image, "has_pose") and not image.has_pose:
+            continue
+        w2c = torch.eye(4, dtype=torch.float64)
+        w2c[:3, :] = torch.as_tensor(image.cam_from_world().matrix(), dtype=torch.float64)
+        out[Path(image.name).name] = invert_pose(w2c[None])[0]
+    return out
+
+
+def match_poses(poses: dict, photos, source) -> "torch.Tensor":
+    """``(V, 4, 4)`` poses of ``photos`` from :func:`read_poses` output, matched by file name
+    (exact, else by name without extension). One missing photo -> ValueError naming it."""
+    by_stem = {}
+    for k, v in poses.items():
+        by_stem.setdefault(Path(k).stem, []).append(v)
+    out = []
+    for p in photos:
+        p = Path(p)
+        if p.name in poses:
+            out.append(poses[p.name])
+        elif len(by_stem.get(p.stem, [])) == 1:
+            out.append(by_stem[p.stem][0])
+        else:
+            listed = ", ".join(sorted(poses)[:6]) + (", ..." if len(poses) > 6 else "")
+            raise ValueError(f"--poses {source} has no pose for the photo {p.name} (it lists {len(poses)}: "
+                             f"{listed}); give a pose for every photo or leave that photo out")
+    return torch.stack(out)
 
 
 def _decode_all(paths) -> tuple[list[Path], list[str], list[str]]:
@@ -256,14 +336,19 @@ def _human(n: int) -> str:
 # ----------------------------------------------------------------------------- the run
 def run(inputs, out, checkpoint=None, config="tiny", size=None, device="auto", ref_view="auto",
         conf_threshold: float = 0.5, force: bool = False, max_views: int = DEFAULT_MAX_VIEWS,
-        pnp_iterations: int = 10_000, render: bool = True, title: str = "flare-nb reconstruct") -> dict:
+        pnp_iterations: int = 10_000, render: bool = True, title: str = "flare-nb reconstruct",
+        poses=None) -> dict:
     """The whole ``flare-nb reconstruct`` (module docstring); returns a dict with ``files``
     ({name: bytes}), ``timings`` (seconds per stage), ``order`` (input index of each view),
-    ``weights_random`` and ``out``. Raises ValueError / FileNotFoundError on bad input."""
+    ``weights_random`` and ``out``. Raises ValueError / FileNotFoundError on bad input.
+
+    ``poses``: optional ``--poses`` file or folder (:func:`read_poses`), one camera-to-world
+    pose per photo matched by file name; passed to ``reconstruct(camera_poses=...)``, the
+    release's known-pose mode."""
     from . import export, reference_view
     from .device import resolve_device
     from .inference import load_model, reconstruct, resolve_config
-    from .preprocess import load_image, load_images, oriented_size
+    from .preprocess import check_one_orientation, load_image, load_images
 
     t_all = time.perf_counter()
     timings: dict[str, float] = {}
@@ -287,6 +372,15 @@ def run(inputs, out, checkpoint=None, config="tiny", size=None, device="auto", r
     if len(good) < 2:
         detail = errors[0] if errors else "no readable image"
         raise ValueError(f"need at least 2 readable photos, got {len(good)} of {len(paths)}: {detail}")
+    given = None
+    if poses is not None:
+        from .model import check_camera_poses
+
+        given = match_poses(read_poses(poses), good, poses)
+        try:
+            check_camera_poses(given, 1, len(good))
+        except ValueError as e:
+            raise ValueError(f"--poses {poses}: {e}") from None
     _check_out(out, force)
     timings["collect_and_decode"] = time.perf_counter() - t0
     _say(f"[1/6] {len(good)} photos: {', '.join(p.name for p in good)}")
@@ -318,12 +412,8 @@ def run(inputs, out, checkpoint=None, config="tiny", size=None, device="auto", r
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             wh.append(load_image(p).size)
-    auto_orient = len({oriented_size(size, s) for s in wh}) == 1
-    if not auto_orient:
-        msg = f"the photos mix portrait and landscape; all are centre-cropped to {size[0]}x{size[1]}"
-        _warn(msg)
-        notes.append(msg)
-    x01, _, info = load_images(good, size=size, auto_orient=auto_orient)
+    check_one_orientation([p.name for p in good], wh, size)
+    x01, _, info = load_images(good, size=size)
     timings["preprocess"] = time.perf_counter() - t0
     H, W = x01.shape[-2:]
     t0 = time.perf_counter()
@@ -350,7 +440,14 @@ def run(inputs, out, checkpoint=None, config="tiny", size=None, device="auto", r
 
     # 4. FLARE
     _say(f"[4/6] running FLARE on {len(good)} views ...")
-    rec = reconstruct(model, x01, device=dev, pnp_iterations=pnp_iterations)
+    if given is not None:
+        if cfg.kind != "geometry":
+            raise ValueError("--poses works with the geometry model only")
+        _say(f"      camera poses given ({poses}): they replace the predicted poses in stages 2 and 3")
+        notes.append(f"camera poses given from {poses} (the release's known-pose mode); the pose heads still "
+                     "run and the exported cameras are solved from the pointmaps as usual")
+    rec = reconstruct(model, x01, device=dev, pnp_iterations=pnp_iterations,
+                      camera_poses=None if given is None else given[order])
     for k, v in rec.timings.items():
         if k != "preprocess":
             timings[k] = v
@@ -395,7 +492,10 @@ def run(inputs, out, checkpoint=None, config="tiny", size=None, device="auto", r
     extra = {"weights": model.weights_label, "weights_random": random_w, "config": cfg_name,
              "pose_source": pose_source, "focal_source": focal_source,
              "focal": float(K[0, 0]), "reference_view": {"input_index": ref, "file": str(good[ref]), "how": how},
-             "order": order, "pose_head": {"coarse_c2w": [export._mat(m) for m in rec.c2w_coarse],
+             "order": order,
+             "given_poses": None if rec.c2w_given is None else {
+                 "file": str(poses), "c2w_relative_to_view0": [export._mat(m) for m in rec.c2w_given]},
+             "pose_head": {"coarse_c2w": [export._mat(m) for m in rec.c2w_coarse],
                                            "refined_c2w": [export._mat(m) for m in rec.c2w_refined]},
              "notes": notes}
     export.write_cameras_json(out / "cameras.json", c2w, Ks, stems, (H, W), extra, per_view)
@@ -517,6 +617,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--views", type=int, default=DEMO_VIEWS, help=f"how many of the 8 room photos (default {DEMO_VIEWS})")
     r = sub.add_parser("reconstruct", help="reconstruct your own photos")
     r.add_argument("images", nargs="+", help="a folder of photos, or 2-8 image files")
+    r.add_argument("--poses", default=None, metavar="FILE",
+                   help="known camera poses: a transforms.json or a COLMAP model folder, matched to the "
+                        "photos by file name (the release's known-pose mode)")
     common(r, None)
     return p
 
@@ -549,7 +652,7 @@ def main(argv=None) -> int:
         else:
             if args.out is None:
                 raise ValueError("reconstruct needs --out DIR (a new or empty folder)")
-            run(args.images, args.out, **kw)
+            run(args.images, args.out, poses=args.poses, **kw)
     except KeyboardInterrupt:
         print("flare-nb: interrupted", file=sys.stderr)
         return 130

@@ -39,7 +39,8 @@ from .nvs import NvsMixin, camera_embed_input_baseline, intrinsics_vector
 from .pose_predictor import PosePredictorMixin, decode_pose_encoding
 
 __all__ = ["FlareModel", "FlareOutput", "OMITTED_KEYS_PREFIXES", "NVS_OMITTED_KEYS_PREFIXES",
-           "omitted_key_prefixes", "INERT_PARAMETERS"]
+           "omitted_key_prefixes", "INERT_PARAMETERS", "check_camera_poses", "given_pose_encoding",
+           "RIGID_TOLERANCE"]
 
 #: Released state-dict keys of modules that never take part in the inference forward pass;
 #: ``FlareModel`` does not build them and the checkpoint loader reports and skips them.
@@ -74,6 +75,60 @@ def _identity_pose_encoding(like: torch.Tensor) -> torch.Tensor:
     return out
 
 
+#: largest accepted deviation of a given pose's rotation block from a rotation (max |R^T R - I|,
+#: |det R - 1|) and of its last row from (0, 0, 0, 1): float32 round trips stay far below it
+RIGID_TOLERANCE = 1e-3
+
+
+def check_camera_poses(camera_poses, B: int, V: int) -> torch.Tensor:
+    """Validate given camera-to-world poses for ``B`` scenes of ``V`` views and return them as
+    a float64 ``(B, V, 4, 4)`` tensor. Accepts ``(V, 4, 4)`` when ``B == 1``. Raises ValueError
+    (one line naming the problem) for a wrong shape or view count, non-finite values, and
+    matrices that are not rigid (rotation block not orthonormal with det +1, last row not
+    ``(0, 0, 0, 1)``)."""
+    P = torch.as_tensor(camera_poses).detach().to("cpu", torch.float64)
+    if P.ndim == 3 and B == 1:
+        P = P[None]
+    if P.ndim != 4 or tuple(P.shape[-2:]) != (4, 4):
+        raise ValueError(f"camera_poses must be camera-to-world matrices (V, 4, 4) or (B, V, 4, 4), "
+                         f"got shape {tuple(P.shape)}")
+    if P.shape[0] != B or P.shape[1] != V:
+        raise ValueError(f"camera_poses has {P.shape[1]} poses for {P.shape[0]} scene(s), but there are "
+                         f"{V} views in {B} scene(s): give exactly one camera-to-world matrix per view")
+    if not torch.isfinite(P).all():
+        raise ValueError("camera_poses contains NaN or infinite values")
+    R = P[..., :3, :3]
+    eye = torch.eye(3, dtype=P.dtype)
+    ortho = (R.transpose(-1, -2) @ R - eye).abs().amax(dim=(-1, -2))
+    det = torch.linalg.det(R)
+    row = (P[..., 3, :] - P.new_tensor([0.0, 0.0, 0.0, 1.0])).abs().amax(dim=-1)
+    bad = (ortho > RIGID_TOLERANCE) | ((det - 1).abs() > RIGID_TOLERANCE) | (row > RIGID_TOLERANCE)
+    if bad.any():
+        b, v = (int(i) for i in bad.nonzero()[0])
+        raise ValueError(f"camera_poses[{v}] (scene {b}) is not a rigid camera-to-world matrix: "
+                         f"max |R^T R - I| = {float(ortho[b, v]):.2g}, det R = {float(det[b, v]):.4g}, "
+                         f"last row {P[b, v, 3].tolist()} (need a rotation with det +1, a translation and "
+                         f"last row 0 0 0 1; scaled, sheared or mirrored matrices are refused)")
+    return P
+
+
+def given_pose_encoding(camera_poses: torch.Tensor) -> torch.Tensor:
+    """Pose encodings ``(B, V, 9)`` float32 ``[T, q (w x y z), 0, 0]`` of given camera-to-world
+    poses ``(B, V, 4, 4)``, as the release's known-pose mode (``wpose=True``) derives them:
+    in float64, ``P_i = inverse(c2w_0) @ c2w_i`` (pose of camera i in view 0's camera frame,
+    no axis change), ``q`` = unit quaternion of its rotation with ``w >= 0``, ``T`` = its
+    translation; then float32. ``camera_embed_input`` turns them into ``[q, T / s]`` with
+    ``s`` = mean ``|T_i|`` + 1e-8 exactly as for predicted poses, so one rigid motion of all
+    poses, or one scale factor on all translations, does not change what the model sees.
+    The focal logits are 0 (unused by the embedding)."""
+    from .cameras import matrix_to_quat, relative_to_view0
+
+    rel = relative_to_view0(camera_poses.to(torch.float64))
+    q = matrix_to_quat(rel[..., :3, :3])
+    T = rel[..., :3, 3]
+    return torch.cat((T, q, torch.zeros_like(T[..., :2])), dim=-1).float()
+
+
 @dataclass
 class FlareOutput:
     """What ``FlareModel.forward`` returns (B batch, V views, H x W pixels).
@@ -89,7 +144,8 @@ class FlareOutput:
       batch axis): ``patch_embed_out``, ``enc_norm_out``, ``stage1_cam_tokens``,
       ``stage2_cam_tokens``, ``stage2_camera_embed_in``, ``stage3_camera_embed_in``,
       ``stage2_tokens_last``, ``stage3_tokens_last``, ``stage{1,2}_pose_enc``,
-      ``stage{1,2}_focal``, ``stage{1,2}_R``; NVS model also ``fxfycxcy_embed_in (B, V, 4)``,
+      ``stage{1,2}_focal``, ``stage{1,2}_R``, ``stage1_coarse_tokens (B, V, Nc, enc_dim)``; NVS
+      model also ``fxfycxcy_embed_in (B, V, 4)``,
       ``enc_stage2_norm_out (B, V, N, enc_dim)``, ``desc (B, V, H, W, desc_dim + 1)`` and
       ``cnn_detail (B, V, H, W, cnn_detail_dim)`` (full resolution, channels last).
     * NVS model only (None otherwise; ``pts3d_cam`` / ``conf_cam`` are None there):
@@ -204,7 +260,7 @@ class FlareModel(EncoderMixin, PosePredictorMixin, CameraCentricMixin, GlobalPro
 
     # ------------------------------------------------------------------ forward
     def forward(self, images, pose_teacher: dict | None = None, local_features: bool = False,
-                pose_noise=None, intrinsics=None) -> FlareOutput:
+                pose_noise=None, intrinsics=None, camera_poses=None) -> FlareOutput:
         """Run the cascade.
 
         Args:
@@ -221,21 +277,37 @@ class FlareModel(EncoderMixin, PosePredictorMixin, CameraCentricMixin, GlobalPro
             intrinsics: NVS model only (required there, ignored by the geometry model, as by
                 the release): ``(B, V, 4)`` ``[fx, fy, cx, cy]`` in pixels of ``images`` (or
                 ``(B, V, 3, 3)`` matrices K). Embedded as ``/ cfg.intrinsics_scale`` (2000).
+            camera_poses: geometry model only: known camera-to-world poses ``(B, V, 4, 4)`` (or
+                ``(V, 4, 4)`` for B = 1), any world frame and scale, OpenCV axes, the release's
+                known-pose mode (``wpose=True``): their ``given_pose_encoding`` replaces the
+                predicted pose in the camera embeddings of stages 2 and 3. Both pose heads still
+                run and are returned, but nothing downstream uses them; the pointmaps stay in
+                view 0's camera frame at the model's own scale. Checked by ``check_camera_poses``.
         """
         images = self.check_images(images)
         B, V, _, H, W = images.shape
         cfg = self.cfg
         nvs = cfg.kind == "nvs"
         fxfycxcy = intrinsics_vector(intrinsics, B, V).to(images.device) if nvs else None
+        given = None
+        if camera_poses is not None:
+            if nvs or not cfg.pose_conditioning or pose_noise is not None:
+                raise ValueError("camera_poses (known poses) work with the geometry model only, with pose "
+                                 "conditioning on and without pose_noise")
+            given = given_pose_encoding(check_camera_poses(camera_poses, B, V)).to(images.device)
         enc = self.encode(images.reshape(B * V, 3, H, W), keep_states=set(cfg.inject_enc_states))
         s1 = self.predict_coarse_pose(enc["tokens"], enc["grid"], B, V, self._teacher(pose_teacher, "stage1"))
         pose2 = s1["pose_enc"][-1] if pose_noise is None else pose_noise(s1["pose_enc"][-1].detach(), 2)
         if not cfg.pose_conditioning:       # ablation (notebook 06): a constant, pose-free camera embedding
             pose2 = _identity_pose_encoding(pose2)
+        if given is not None:
+            pose2 = given
         s2 = self.camera_centric(enc, B, V, (H, W), pose2, self._teacher(pose_teacher, "stage2"), local_features)
         pose3 = s2["pose_enc"][-1] if pose_noise is None else pose_noise(s2["pose_enc"][-1].detach(), 3)
         if not cfg.pose_conditioning:
             pose3 = _identity_pose_encoding(pose3)
+        if given is not None:
+            pose3 = given
         if nvs:  # second image path, intrinsics, baseline-normalised pose (flare_nb.nvs)
             st2 = self.encode_stage2(images.reshape(B * V, 3, H, W))
             fx_in = fxfycxcy / cfg.intrinsics_scale
@@ -249,6 +321,7 @@ class FlareModel(EncoderMixin, PosePredictorMixin, CameraCentricMixin, GlobalPro
         inter = {
             "patch_embed_out": enc["patch"].reshape(B, V, N, -1),
             "enc_norm_out": enc["tokens"].reshape(B, V, N, -1),
+            "stage1_coarse_tokens": s1["coarse_tokens"],
             "stage1_cam_tokens": s1["cam_tokens"],
             "stage2_cam_tokens": s2["cam_tokens"],
             "stage2_camera_embed_in": s2["camera_embed_in"],

@@ -193,6 +193,23 @@ def images_to_tensor(images) -> torch.Tensor:
     return torch.stack(ts)
 
 
+def check_one_orientation(names, image_wh, size) -> None:
+    """Raise ValueError (one line naming the photos) when images of sizes ``image_wh`` (W, H)
+    would get different targets from ``size`` (:func:`oriented_size`), i.e. the set mixes
+    portrait and landscape photos. The release preprocesses each view at its own orientation
+    and passes a per-view ``true_shape`` (its heads split such a batch by orientation);
+    ``flare_nb`` runs one orientation per call and does not crop one of them away silently."""
+    targets = [oriented_size(size, wh) for wh in image_wh]
+    if len(set(targets)) <= 1:
+        return
+    port = [str(n) for n, t in zip(names, targets) if t[0] < t[1]]
+    land = [str(n) for n, t in zip(names, targets) if t[0] >= t[1]]
+    raise ValueError(f"the photos mix portrait ({', '.join(port)}) and landscape ({', '.join(land)}) views; the "
+                     "released model takes each view at its own orientation (per-view true_shape), which "
+                     "flare_nb does not reproduce: reconstruct one orientation at a time, or rotate or crop the "
+                     "photos to one orientation first")
+
+
 def load_images(paths, size=None, K=None, auto_orient: bool = True):
     """Load images, optionally run the official preprocessing to ``size = (W, H)``.
 
