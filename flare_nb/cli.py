@@ -40,7 +40,6 @@ import math
 import os
 import sys
 import time
-import warnings
 from pathlib import Path
 
 __all__ = ["main", "build_parser", "collect_images", "parse_size", "estimate_memory_bytes", "check_memory",
@@ -85,7 +84,10 @@ def parse_size(text: str) -> tuple[int, int]:
         nums = nums * 2
     if len(nums) != 2:
         raise ValueError(f"--size must look like 512x384 (width x height), got {text!r}")
-    return check_size(*nums)
+    try:
+        return check_size(*nums)
+    except ValueError as e:
+        raise ValueError(f"--size {text}: {e}") from None
 
 
 def default_size(config: str) -> tuple[int, int]:
@@ -380,6 +382,40 @@ def planned_files(photos, n_views: int | None = None, render: bool = True) -> li
     return names
 
 
+def precheck_checkpoint(path: Path) -> None:
+    """What can be told about ``--checkpoint`` without reading it (no torch needed): it exists,
+    has a known suffix, and its first bytes are those of a zip archive, a pickle or a
+    safetensors header. FileNotFoundError / ValueError naming the file; the full check is
+    :func:`flare_nb.checkpoint.read_state_dict`."""
+    import zipfile
+
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}" + (" (it is a folder)" if path.is_dir() else ""))
+    suffix = path.suffix.lower()
+    if suffix not in (".pth", ".pt", ".bin", ".safetensors"):
+        raise ValueError(f"unknown checkpoint format {suffix!r} ({path}); expected .pth, .pt or .safetensors")
+    with open(path, "rb") as f:
+        head = f.read(8)
+    if suffix == ".safetensors":
+        n = int.from_bytes(head, "little") if len(head) == 8 else -1
+        try:
+            with open(path, "rb") as f:
+                f.seek(8)
+                ok = 0 < n <= path.stat().st_size - 8 and isinstance(json.loads(f.read(n)), dict)
+        except (ValueError, UnicodeDecodeError):
+            ok = False
+        if not ok:
+            raise ValueError(f"{path} is not a valid .safetensors file (its header is not a JSON table of "
+                             "tensors); copy or download it again")
+        return
+    if head.startswith(b"PK\x03\x04") and not zipfile.is_zipfile(path):
+        raise ValueError(f"{path} is not a readable PyTorch checkpoint (a damaged or truncated zip archive); "
+                         "copy or download it again")
+    if not head.startswith((b"PK\x03\x04", b"\x80")):
+        raise ValueError(f"{path} is not a PyTorch checkpoint (neither a zip archive nor a pickle: random or "
+                         "other data); expected a .pth/.pt state dict or a .safetensors file")
+
+
 def _resolve_config(config):
     """``"tiny"`` / ``"official_geometry"`` / a FlareConfig (as :func:`flare_nb.inference.resolve_config`,
     without importing torch)."""
@@ -421,9 +457,12 @@ def run(inputs, out, checkpoint=None, config="tiny", size=None, device="auto", r
     cfg = _resolve_config(config)
     cfg_name = config if isinstance(config, str) else "custom"
     size = default_size(cfg_name) if size is None else check_size(*size)
+    dname = str(device).strip().lower()
+    if not (dname in ("auto", "cpu", "cuda") or (dname.startswith("cuda:") and dname[5:].isdigit())):
+        raise ValueError(f"--device must be auto, cpu, cuda or cuda:N, got {device!r}")
     ckpt = None if checkpoint in (None, "") else Path(checkpoint)
-    if ckpt is not None and not ckpt.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {ckpt}" + (" (a folder)" if ckpt.is_dir() else ""))
+    if ckpt is not None:
+        precheck_checkpoint(ckpt)
 
     # 1. photos and the output folder, before any work
     t0 = time.perf_counter()
@@ -437,7 +476,10 @@ def run(inputs, out, checkpoint=None, config="tiny", size=None, device="auto", r
         _say(f"[1/6] {len(good)} photos: {', '.join(p.name for p in good)}")
         from .device import resolve_device
 
-        dev = resolve_device(device)
+        try:
+            dev = resolve_device(device)
+        except RuntimeError:
+            raise ValueError(f"--device {device}: no CUDA GPU is visible here; use --device auto or cpu") from None
         # memory guard, decoding the largest photo included
         n_params = _count_parameters(cfg)
         need, have = check_memory(cfg, n_params, len(good), size, dev, max(w * h for w, h in sizes))
@@ -476,9 +518,8 @@ def _check_photos(paths, size, ref_view, folder, warns, notes):
     good, sizes, w2, errors = _decode_all(paths)
     warns = warns + w2
     if len(good) < 2:
-        detail = errors[0] if errors else "no readable image"
+        detail = " | ".join(errors[:3]) if errors else "no readable image"
         raise ValueError(f"need at least 2 readable photos, got {len(good)} of {len(paths)}: {detail}")
-    ref_given = resolve_ref_view(ref_view, [p.name for p in good])
     auto_orient = len({oriented_size(size, s) for s in sizes}) == 1
     if not auto_orient:
         warns.append(f"the photos mix portrait and landscape; all are centre-cropped to {size[0]}x{size[1]}")
@@ -488,6 +529,7 @@ def _check_photos(paths, size, ref_view, folder, warns, notes):
     for w in warns:
         _warn(w)
         notes.append(w)
+    ref_given = resolve_ref_view(ref_view, [p.name for p in good])
     return good, sizes, auto_orient, ref_given
 
 

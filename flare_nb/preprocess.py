@@ -35,8 +35,13 @@ import math
 import warnings
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
+
+if TYPE_CHECKING:  # annotations only
+    import torch
 
 # torch is imported where tensors are made, so that checking sizes and decoding photos (the
 # flare-nb command's checks before any work) does not wait for it
