@@ -170,10 +170,12 @@ class StagedOutput:
         out = self.out
         self._write_manifest(self.stage, files, True)
         if not out.exists() or (out.is_dir() and not any(out.iterdir())):
+            self._committing = True
             if out.exists():
                 out.rmdir()
             os.rename(self.stage, out)
             self.stage = None
+            self._committing = False
             return files
         # --force into an earlier run's folder: replace exactly what it listed
         old = set((self.old_manifest or {}).get("files", []))
@@ -203,6 +205,7 @@ class StagedOutput:
         old = signal.signal(signal.SIGINT, signal.SIG_IGN) if _main_thread() else None
         try:
             if self.stage is None or self._committing:
+                renamed = self.stage is not None and not self.stage.exists()
                 if self.stage is not None:
                     shutil.rmtree(self.stage, ignore_errors=True)
                     self.stage = None
@@ -210,6 +213,8 @@ class StagedOutput:
                 if doc is not None and not doc.get("complete", True):
                     return (f"{self.out} is INCOMPLETE (stopped while its files were replaced; "
                             f"{MANIFEST} says so): run again with --force")
+                if renamed and doc is not None:
+                    return f"{self.out} had been written completely just before"
                 return f"{self.out} was not changed"
             stage, self.stage = self.stage, None
             shutil.rmtree(stage, ignore_errors=True)
