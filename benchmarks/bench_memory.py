@@ -10,7 +10,7 @@ which counts decoding the largest photo). Runs:
   temporary folder -> 128x128;
 * ``12MP x 8 @ 512x384``: the same photos at the released model's input size.
 
-Usage: ``python benchmarks/bench_memory.py [--threads 1]``. It prints a table; nothing is
+Usage: ``python benchmarks/bench_memory.py [--threads 1] [--quick]``. It prints a table; nothing is
 asserted (a benchmark, not a test).
 """
 from __future__ import annotations
@@ -69,19 +69,25 @@ def _run_reaped(argv, threads: int) -> dict:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--threads", type=int, default=1, help="OMP_NUM_THREADS of the runs (default 1)")
+    ap.add_argument("--quick", action="store_true", help="skip the demo and the 512x384 run; --pnp-iterations 100 "
+                    "--no-render (the peak is set by decoding the photos and the network, not by these)")
     args = ap.parse_args(argv)
+    extra = ["--pnp-iterations", "100", "--no-render"] if args.quick else []
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        rows.append(("demo (8 room photos -> 128x128)", _run_reaped(["demo", "--out", tmp / "demo"], args.threads)))
+        rows.append(("demo (8 room photos -> 128x128)", _run_reaped(["demo", "--out", tmp / "demo"] + extra,
+                                                                     args.threads)))
         print(f"demo: {rows[-1][1]}", flush=True)
         t0 = time.perf_counter()
         make_photos(tmp / "photos12mp")
         print(f"generated 8 photos of 4000x3000 in {time.perf_counter() - t0:.1f} s", flush=True)
-        rows.append(("12MP x 8 -> 128x128", _run_reaped(["reconstruct", tmp / "photos12mp", "--out", tmp / "o12"],
-                                                        args.threads)))
-        rows.append(("12MP x 8 -> 512x384", _run_reaped(["reconstruct", tmp / "photos12mp", "--out", tmp / "o12b",
-                                                         "--size", "512x384"], args.threads)))
+        rows.append(("12MP x 8 -> 128x128", _run_reaped(["reconstruct", tmp / "photos12mp", "--out", tmp / "o12"]
+                                                        + extra, args.threads)))
+        print(f"12MP: {rows[-1][1]}", flush=True)
+        if not args.quick:
+            rows.append(("12MP x 8 -> 512x384", _run_reaped(["reconstruct", tmp / "photos12mp", "--out", tmp / "o12b",
+                                                             "--size", "512x384"], args.threads)))
     print(f"\nflare-nb memory guard: estimate vs measured peak RSS (OMP_NUM_THREADS={args.threads})")
     print(f"{'run':34s} {'exit':>4s} {'estimate GB':>12s} {'peak RSS GB':>12s} {'est/peak':>9s} {'seconds':>8s}")
     for name, r in rows:
