@@ -80,7 +80,7 @@ def test_parse_size_and_memory_estimate():
 
 def test_collect_images_skips_non_images_and_subsamples(tmp_path):
     for i in range(20):
-        (tmp_path / f"{i:02d}.png").write_bytes(b"x")
+        (tmp_path / f"{i:02d}.png").write_bytes(f"x{i}".encode())
     (tmp_path / "notes.txt").write_text("hi")
     paths, warns = cli.collect_images([tmp_path], max_views=5)
     assert [p.name for p in paths] == ["00.png", "05.png", "10.png", "14.png", "19.png"]
@@ -227,7 +227,7 @@ def test_heic_without_plugin(tmp_path, capsys, monkeypatch):
     d = tmp_path / "heic"
     d.mkdir()
     for n in ("a.HEIC", "b.heic"):
-        (d / n).write_bytes(b"\x00\x00\x00\x18ftypheic")
+        (d / n).write_bytes(b"\x00\x00\x00\x18ftypheic" + n.encode())
     _error(["reconstruct", d, "--out", tmp_path / "o"] + FAST, capsys, "pillow-heif")
 
 
@@ -236,7 +236,7 @@ def test_checkpoint_missing_or_not_flare(tmp_path, capsys):
     args = ["reconstruct", tmp_path / "in", "--out", tmp_path / "o"] + FAST
     _error(args + ["--checkpoint", tmp_path / "nope.pth"], capsys, "checkpoint not found", "nope.pth")
     (tmp_path / "junk.pth").write_text("hello")
-    _error(args + ["--checkpoint", tmp_path / "junk.pth"], capsys, "junk.pth", "not a FLARE checkpoint")
+    _error(args + ["--checkpoint", tmp_path / "junk.pth"], capsys, "junk.pth", "not a PyTorch checkpoint")
     torch.save({"foo.weight": torch.zeros(3)}, tmp_path / "other.pt")
     _error(args + ["--checkpoint", tmp_path / "other.pt"], capsys, "other.pt")
     assert not (tmp_path / "o").exists()
