@@ -6,10 +6,16 @@
     flare-nb reconstruct PHOTOS_OR_FOLDER --out DIR [--checkpoint PATH] [--config tiny|official_geometry]
              [--size 512x384] [--device auto] [--ref-view auto|N|NAME] [--conf-threshold Q] [--force]
 
+             [--poses transforms.json|COLMAP_MODEL]
+
 Argument parsing only: the work is :func:`flare_nb.pipeline.reconstruct_to_folder` (its module
-docstring lists the steps and the files written). Errors (bad input, missing checkpoint,
-existing output folder, too little memory, ...) print one line ``flare-nb: error: ...`` and
-exit with status 2; ``--debug`` shows the traceback.
+docstring lists the steps, the files written and the staging folder + manifest of
+:mod:`flare_nb.outdir`).
+
+Exit status: 0 done; 2 bad input or a failure (one line ``flare-nb: error: ...`` naming the
+file or option and what to do; ``--debug`` shows the traceback); 130 interrupted (Ctrl-C, one
+line ``flare-nb: interrupted; ...``). Warnings (skipped files, duplicates, big, tiny or very
+wide photos) are lines ``flare-nb: warning: ...``.
 """
 from __future__ import annotations
 
@@ -17,13 +23,13 @@ import argparse
 import sys
 
 from flare_nb import data_dir
-from flare_nb.pipeline import (DEFAULT_MAX_VIEWS, CliError,
-                               reconstruct_to_folder)
 from flare_nb.scenes.preprocess import check_size
 
-__all__ = ["main", "build_parser", "parse_size"]
+__all__ = ["main", "build_parser", "parse_size", "EXIT_OK", "EXIT_BAD_INPUT", "EXIT_INTERRUPTED"]
 
 DEMO_VIEWS = 8
+MAX_VIEWS = 8                  # FLARE is trained on 2-8 views (flare_nb.pipeline.DEFAULT_MAX_VIEWS)
+EXIT_OK, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 2, 130
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -37,18 +43,33 @@ def parse_size(text: str) -> tuple[int, int]:
         nums = nums * 2
     if len(nums) != 2:
         raise ValueError(f"--size must look like 512x384 (width x height), got {text!r}")
-    return check_size(tuple(nums))
+    try:
+        return check_size(tuple(nums))
+    except ValueError as e:
+        raise ValueError(f"--size {text}: {e}") from None
 
 
 # ----------------------------------------------------------------------------- argparse
+EXIT_CODES_HELP = ("exit status: 0 done; 2 bad input or a failure (one line 'flare-nb: error: ...' naming the file "
+                   "or option and what to do); 130 interrupted (Ctrl-C; --out is left unchanged).")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (exit status 2)."""
+
+    def error(self, message):
+        self.exit(EXIT_BAD_INPUT, f"flare-nb: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="flare-nb", description="FLARE: poses, pointmaps and Gaussians from 2-8 "
-                                "uncalibrated photos, exported as COLMAP / nerfstudio / PLY files.")
+    p = _Parser(prog="flare-nb", description="FLARE: poses, pointmaps and Gaussians from 2-8 "
+                "uncalibrated photos, exported as COLMAP / nerfstudio / PLY files.", epilog=EXIT_CODES_HELP)
     p.add_argument("--debug", action="store_true", help="show the full traceback on errors")
     sub = p.add_subparsers(dest="command", metavar="{demo,reconstruct}")
 
     def common(q, out_default):
-        q.add_argument("--out", default=out_default, help="output folder (new or empty; see --force)")
+        q.add_argument("--out", default=out_default, help="output folder (new or empty; see --force); written "
+                       "into a staging folder beside it and renamed into place when complete")
         q.add_argument("--checkpoint", default=None, help="FLARE checkpoint (.pth/.pt/.safetensors); default: "
                        "data/checkpoints/tiny_geometry.pt for the tiny model, else random weights")
         q.add_argument("--config", default="tiny", choices=["tiny", "official_geometry"],
@@ -59,17 +80,22 @@ def build_parser() -> argparse.ArgumentParser:
         q.add_argument("--ref-view", default="auto", help="reference view: auto, an index or a file name")
         q.add_argument("--conf-threshold", type=float, default=0.5, metavar="Q",
                        help="drop the least confident fraction Q of each view's pixels (default 0.5)")
-        q.add_argument("--max-views", type=int, default=DEFAULT_MAX_VIEWS,
-                       help=f"subsample more photos than this evenly (default {DEFAULT_MAX_VIEWS})")
-        q.add_argument("--pnp-iterations", type=int, default=10_000, help="RANSAC iterations of the PnP cameras")
+        q.add_argument("--max-views", type=int, default=MAX_VIEWS,
+                       help=f"subsample more photos than this evenly (default {MAX_VIEWS})")
+        q.add_argument("--pnp-iterations", type=int, default=10_000,
+                       help="RANSAC iterations of the PnP cameras (a positive integer, default 10000)")
         q.add_argument("--no-render", action="store_true", help="skip rendering the Gaussians")
-        q.add_argument("--force", action="store_true", help="overwrite the files of an existing output folder")
+        q.add_argument("--force", action="store_true", help="replace the files an earlier flare-nb run wrote "
+                       "into --out (listed in its .flare-nb-manifest.json); other files are never touched")
 
-    d = sub.add_parser("demo", help="reconstruct the bundled room scene (data/real/room)")
+    d = sub.add_parser("demo", help="reconstruct the bundled room scene (data/real/room)", epilog=EXIT_CODES_HELP)
     common(d, "flare_nb_demo")
     d.add_argument("--views", type=int, default=DEMO_VIEWS, help=f"how many of the 8 room photos (default {DEMO_VIEWS})")
-    r = sub.add_parser("reconstruct", help="reconstruct your own photos")
+    r = sub.add_parser("reconstruct", help="reconstruct your own photos", epilog=EXIT_CODES_HELP)
     r.add_argument("images", nargs="+", help="a folder of photos, or 2-8 image files")
+    r.add_argument("--poses", default=None, metavar="FILE",
+                   help="known camera poses: a transforms.json or a COLMAP model folder, matched to the "
+                        "photos by file name (the release's known-pose mode)")
     common(r, None)
     return p
 
@@ -79,20 +105,40 @@ def _one_line(e: BaseException) -> str:
     return msg if len(msg) <= 600 else msg[:597] + "..."
 
 
+def _interrupted(e: BaseException | None = None) -> int:
+    note = str(e) or "no output was written"     # pipeline.Interrupted carries what became of --out
+    try:
+        print(f"flare-nb: interrupted; {note}", file=sys.stderr, flush=True)
+    except KeyboardInterrupt:
+        pass
+    return EXIT_INTERRUPTED
+
+
 def main(argv=None) -> int:
-    """Entry point of ``flare-nb``; returns the exit status (0 ok, 2 error)."""
+    """Entry point of ``flare-nb``; returns the exit status (0 ok, 2 bad input or failure,
+    130 interrupted). Ctrl-C at any moment, even while torch is being imported, ends with one
+    line and status 130."""
+    try:
+        return _main(argv)
+    except KeyboardInterrupt as e:
+        return _interrupted(e)
+
+
+def _main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
-        return 2
+        return EXIT_BAD_INPUT
     try:
+        # imported here, after parsing: torch loads with it, and a Ctrl-C meanwhile is answered by main()
+        from flare_nb.pipeline import reconstruct_to_folder
+
         kw = dict(checkpoint=args.checkpoint, config=args.config, device=args.device, ref_view=args.ref_view,
                   conf_threshold=args.conf_threshold, force=args.force, max_views=args.max_views,
                   pnp_iterations=args.pnp_iterations, render=not args.no_render)
         kw["size"] = None if args.size is None else parse_size(args.size)
         if args.command == "demo":
-
             room = data_dir() / "real" / "room"
             if not 2 <= args.views <= 8:
                 raise ValueError(f"--views must be between 2 and 8 (the room scene has 8 photos), got {args.views}")
@@ -101,17 +147,20 @@ def main(argv=None) -> int:
         else:
             if args.out is None:
                 raise ValueError("reconstruct needs --out DIR (a new or empty folder)")
-            reconstruct_to_folder(args.images, args.out, **kw)
+            reconstruct_to_folder(args.images, args.out, poses=args.poses, **kw)
     except KeyboardInterrupt:
-        print("flare-nb: interrupted", file=sys.stderr)
-        return 130
+        raise
     except Exception as e:  # noqa: BLE001 - every error becomes one line unless --debug
         if args.debug:
             raise
-        kind = "" if isinstance(e, (ValueError, FileNotFoundError, CliError)) else f"{type(e).__name__}: "
-        print(f"flare-nb: error: {kind}{_one_line(e)}", file=sys.stderr)
-        return 2
-    return 0
+        kind = "" if isinstance(e, (ValueError, FileNotFoundError, OSError)) else f"{type(e).__name__}: "
+        msg = _one_line(e)
+        note = getattr(e, "out_note", None)
+        if note and note not in msg:
+            msg += f" ({note})"
+        print(f"flare-nb: error: {kind}{msg}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    return EXIT_OK
 
 
 if __name__ == "__main__":  # python -m flare_nb.cli

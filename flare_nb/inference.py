@@ -39,7 +39,7 @@ from flare_nb.model import config as config_module
 from flare_nb.model.checkpoint import load_flare_checkpoint
 from flare_nb.model.config import FlareConfig
 from flare_nb.model.flare import FlareModel
-from flare_nb.model.pose_encoding import decode_c2w
+from flare_nb.model.pose_encoding import check_camera_poses, decode_c2w
 from flare_nb.model.reference import deterministic_fill
 from flare_nb.scenes import preprocess
 from flare_nb.scenes.preprocess import to_model_input
@@ -153,6 +153,8 @@ class Reconstruction:
     * ``pts3d_cam (V, H, W, 3)``, ``conf_cam (V, H, W)``: each view in its own camera frame
       (None for the NVS model, which has no camera-centric head); ``pts3d_global``,
       ``conf_global``: all views in view 0's camera frame.
+    * ``c2w_given (V, 4, 4)``: the given camera poses (``camera_poses``) relative to view 0,
+      in their own units; None when the poses were predicted.
     * ``gaussians``: NVS model only (else None): the Gaussian set of
       :func:`flare_nb.model.gaussian_head.activate_gaussians` (view 0's frame), float32 CPU tensors.
     * ``timings``: seconds per stage (``preprocess``, ``encoder``, ``stage1_coarse_pose``,
@@ -182,6 +184,7 @@ class Reconstruction:
     info: list | None = None
     notes: list = field(default_factory=list)
     gaussians: dict | None = None
+    c2w_given: torch.Tensor | None = None
 
     @property
     def n_views(self) -> int:
@@ -192,10 +195,10 @@ class Reconstruction:
         return tuple(self.images.shape[-2:])
 
     def poses(self, which: str = "refined") -> torch.Tensor:
-        """``c2w (V, 4, 4)`` of ``"coarse"``, ``"refined"`` or ``"pnp"``."""
-        out = {"coarse": self.c2w_coarse, "refined": self.c2w_refined, "pnp": self.c2w_pnp}
+        """``c2w (V, 4, 4)`` of ``"coarse"``, ``"refined"``, ``"pnp"`` or ``"given"``."""
+        out = {"coarse": self.c2w_coarse, "refined": self.c2w_refined, "pnp": self.c2w_pnp, "given": self.c2w_given}
         if which not in out:
-            raise ValueError(f"which must be 'coarse', 'refined' or 'pnp', got {which!r}")
+            raise ValueError(f"which must be 'coarse', 'refined', 'pnp' or 'given', got {which!r}")
         if out[which] is None:
             raise ValueError(f"no {which} poses in this reconstruction: {'; '.join(self.notes) or 'pnp=False'}")
         return out[which]
@@ -301,7 +304,7 @@ def _stage_timer(model, timings: dict, sync):
 # ----------------------------------------------------------------------------- reconstruct
 @torch.no_grad()
 def reconstruct(model: FlareModel, images, size=None, device="auto", pnp: bool = True,
-                pnp_iterations: int = 10_000, seed: int = 0, intrinsics=None) -> Reconstruction:
+                pnp_iterations: int = 10_000, seed: int = 0, intrinsics=None, camera_poses=None) -> Reconstruction:
     """Run FLARE's cascade on ``V >= 2`` views; view 0 is the reference frame.
 
     Args:
@@ -318,9 +321,16 @@ def reconstruct(model: FlareModel, images, size=None, device="auto", pnp: bool =
         seed: OpenCV's RANSAC seed.
         intrinsics: the NVS model only (required there, as in the release): ``(V, 3, 3)`` K or
             ``(V, 4)`` ``[fx, fy, cx, cy]`` in pixels of the model input (after ``size``).
+        camera_poses: optional known camera-to-world poses ``(V, 4, 4)`` (OpenCV axes, any world
+            frame and scale), one per view in the order of ``images``: the release's known-pose
+            mode (``FlareModel(..., camera_poses=...)``, geometry model only). They replace the
+            predicted poses in the camera embeddings of stages 2 and 3; the pointmaps stay in
+            view 0's camera frame at the model's scale. ``rec.c2w_given`` holds them relative
+            to view 0; the pose-head cameras are still reported.
 
     Raises ValueError for: one image, views of different sizes, a size that is not a multiple
-    of 64, images in [-1, 1] (already normalised) or 0-255, non-float tensors. Notebook 02.
+    of 64, images in [-1, 1] (already normalised) or 0-255, non-float tensors, given poses
+    of the wrong count or not rigid. Notebook 02.
     """
     if not isinstance(model, FlareModel):
         raise TypeError(f"model must be a FlareModel (flare_nb.inference.load_model), got {type(model).__name__}")
@@ -332,6 +342,11 @@ def reconstruct(model: FlareModel, images, size=None, device="auto", pnp: bool =
 
     x = to_model_input(x01)[None].to(dev, pdtype)
     kw = {}
+    c2w_given = None
+    if camera_poses is not None:
+        P = check_camera_poses(camera_poses, 1, V)
+        kw["camera_poses"] = P
+        c2w_given = cameras.relative_to_view0(P[0]).float()
     if model.cfg.kind == "nvs":
         if intrinsics is None:
             raise ValueError("the NVS model takes the intrinsics of the input views: pass intrinsics=(V, 3, 3) K "
@@ -390,4 +405,4 @@ def reconstruct(model: FlareModel, images, size=None, device="auto", pnp: bool =
         pts3d_global=pts_glob, conf_global=conf_glob, timings=timings, device=str(dev),
         autocast="bf16" if amp is not None else "none",
         weights_label=getattr(model, "weights_label", "weights of unknown origin"), info=info, notes=notes,
-        gaussians=gaussians)
+        gaussians=gaussians, c2w_given=c2w_given)

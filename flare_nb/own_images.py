@@ -24,7 +24,8 @@ import torch
 
 from flare_nb.export import colored_points, confident_mask
 from flare_nb.render.ply import load_gaussians_ply, load_points_ply
-from flare_nb.scenes.preprocess import load_image, load_images, oriented_size
+from flare_nb.scenes.preprocess import (check_one_orientation, load_image,
+                                        load_images, oriented_size)
 from flare_nb.scenes.scene import load_colmap, load_nerf
 from flare_nb.viz import plot_cameras
 
@@ -57,18 +58,17 @@ def load_photos(paths, size) -> tuple[torch.Tensor, list[dict], list[str]]:
 
     Each photo is oriented by its EXIF tag and scaled-to-cover + centre-cropped to ``size =
     (W, H)`` (:func:`flare_nb.scenes.preprocess.load_images`); portrait photos get the transposed
-    target unless the set mixes portrait and landscape, in which case all are cropped to
-    ``size`` and a note says so. ``info``: per view ``path``, ``src_size``, ``scale``,
-    ``resized``, ``crop_left_top``, ``size``."""
+    target. A set that mixes portrait and landscape photos is refused (ValueError,
+    :func:`flare_nb.scenes.preprocess.check_one_orientation`). ``info``: per view ``path``,
+    ``src_size``, ``scale``, ``resized``, ``crop_left_top``, ``size``; ``notes`` is empty
+    (kept for callers)."""
 
     notes = []
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         wh = [load_image(p).size for p in paths]
-    auto = len({oriented_size(size, s) for s in wh}) == 1
-    if not auto:
-        notes.append(f"the photos mix portrait and landscape; all are centre-cropped to {size[0]}x{size[1]}")
-    x01, _, info = load_images(paths, size=size, auto_orient=auto)
+    check_one_orientation([Path(p).name for p in paths], wh, size)
+    x01, _, info = load_images(paths, size=size)
     return x01, info, notes
 
 

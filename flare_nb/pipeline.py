@@ -22,38 +22,59 @@ could be computed (they share the pointmap's frame and units); otherwise the ref
 pose-head cameras and, without a focal, a 60-degree field of view -- each fallback is noted
 in ``cameras.json`` ("pose_source", "focal_source") and in ``report.md``.
 
-Bad input (unreadable photos, missing checkpoint, existing output folder, too little memory,
-...) raises ValueError / FileNotFoundError / :class:`CliError` with a one-line message.
+Output folder (:mod:`flare_nb.outdir`): checked before any work, written into a staging folder
+beside ``out`` and renamed into place when complete; ``force`` replaces exactly the files an
+earlier run listed in its manifest (``.flare-nb-manifest.json``), never a file of yours or an
+input photo. A run that fails or is interrupted removes its staging folder and says that
+``out`` was not changed (the error's ``out_note``).
+
+Bad input (unreadable photos, a bad checkpoint, option or ``poses`` file, an existing output
+folder, too little memory, ...) raises ValueError / FileNotFoundError / :class:`CliError` with a
+one-line message, before any output exists; Ctrl-C raises :class:`Interrupted`. This module
+imports torch; :mod:`flare_nb.cli` imports it only after parsing the arguments, so that
+``flare-nb --help`` is quick and a Ctrl-C while torch loads is still answered in one line.
 """
 from __future__ import annotations
 
+import json
 import math
 import os
 import sys
 import time
-import warnings
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from flare_nb import export
+from flare_nb.cameras import invert_pose, opengl_to_opencv
 from flare_nb.device import resolve_device
-from flare_nb.inference import load_model, reconstruct, resolve_config
+from flare_nb.inference import load_model, reconstruct
+from flare_nb.model import config as config_module
+from flare_nb.model.flare import FlareModel
+from flare_nb.model.pose_encoding import check_camera_poses
+from flare_nb.outdir import StagedOutput, manifest_files
 from flare_nb.scenes import reference_view
-from flare_nb.scenes.preprocess import (IMAGE_EXTENSIONS, load_image,
-                                        load_images, oriented_size)
+from flare_nb.scenes.preprocess import (IMAGE_EXTENSIONS, check_one_orientation,
+                                        check_size, load_image, load_images,
+                                        oriented_size)
 
 __all__ = ["reconstruct_to_folder", "RunReport", "collect_images", "estimate_memory_bytes", "check_memory",
-           "default_size", "MEMORY_MODEL", "CliError", "DEFAULT_MAX_VIEWS"]
+           "default_size", "MEMORY_MODEL", "CliError", "Interrupted", "DEFAULT_MAX_VIEWS", "read_poses",
+           "match_poses", "check_options", "resolve_ref_view", "planned_files", "precheck_checkpoint"]
 
 DEFAULT_MAX_VIEWS = 8          # FLARE is trained on 2-8 views
 CPU_RENDER_MAX_GAUSSIANS = 40_000   # the CPU rasterizer renders a thinned preview beyond this
 OUR_FILES = ("cameras.json", "transforms.json", "points.ply", "gaussians.ply", "summary.png", "renders.png",
-             "report.md")
+             "report.md", "sparse/0/cameras.txt", "sparse/0/images.txt", "sparse/0/points3D.txt")
+MIN_PHOTO_SIDE = 32            # photos smaller than this (px, either side) are skipped
+MAX_UPSCALE = 2.0              # photos enlarged more than this are reported
+MIN_KEPT_FRACTION = 0.5        # photos whose centre crop keeps less of their width / height are reported
+BIG_PHOTO_PIXELS = 50e6        # photos larger than this are reported (decoding time and memory)
 
 
-class CliError(Exception):
+class CliError(ValueError):
     """An error whose message is shown to the user as is (one line, no traceback)."""
 
 
@@ -76,29 +97,39 @@ def collect_images(inputs, max_views: int = DEFAULT_MAX_VIEWS) -> tuple[list[Pat
     """Image files from ``inputs`` (one folder, or files and folders), and warnings.
 
     Folders are listed (not recursively, hidden files ignored) and sorted by name; files
-    whose extension is not an image type are skipped with a warning. More than
-    ``max_views`` images are subsampled evenly (first and last kept), with a warning; the
-    files are not decoded here. Raises FileNotFoundError for a missing path and ValueError
-    when fewer than 2 images are found.
+    whose extension is not an image type are skipped with a warning, and so are the files an
+    earlier ``flare-nb`` run wrote into a folder (its manifest, :mod:`flare_nb.outdir`). A file
+    given twice, or byte-identical copies of one photo, are used once, with a warning. More than
+    ``max_views`` images are subsampled evenly (first and last kept), with a warning; the files
+    are not decoded here. Raises FileNotFoundError for a missing path and ValueError when fewer
+    than 2 different images are found.
     """
+    import hashlib
+
 
     if isinstance(max_views, bool) or not isinstance(max_views, int) or max_views < 2:
         raise ValueError(f"--max-views must be an integer >= 2, got {max_views!r}")
     inputs = [Path(p) for p in inputs]
     if not inputs:
         raise ValueError("no input given: pass a folder of photos or at least 2 image files")
-    files = []
+    files, ours = [], []
     for p in inputs:
         if not p.exists():
             raise FileNotFoundError(f"no such file or folder: {p}")
         if p.is_dir():
-            files += sorted(q for q in p.iterdir() if q.is_file() and not q.name.startswith("."))
+            skip = manifest_files(p)
+            listed = sorted(q for q in p.iterdir() if q.is_file() and not q.name.startswith("."))
+            ours += [q for q in listed if q.resolve() in skip]
+            files += [q for q in listed if q.resolve() not in skip]
         else:
             files.append(p)
+    warns = []
+    if ours:
+        warns.append(f"skipping {len(ours)} file(s) an earlier flare-nb run wrote into {ours[0].parent} "
+                     f"({', '.join(q.name for q in ours[:4])}{', ...' if len(ours) > 4 else ''}); they are not photos")
     images = [f for f in files if f.suffix.lower() in IMAGE_EXTENSIONS]
     other = [f for f in files if f.suffix.lower() not in IMAGE_EXTENSIONS]
     where = str(inputs[0]) if len(inputs) == 1 else f"the {len(inputs)} inputs"
-    warns = []
     if other:
         names = ", ".join(f.name for f in other[:5]) + (", ..." if len(other) > 5 else "")
         warns.append(f"skipping {len(other)} file(s) that are not images ({names}); expected "
@@ -106,8 +137,32 @@ def collect_images(inputs, max_views: int = DEFAULT_MAX_VIEWS) -> tuple[list[Pat
     if not images:
         raise ValueError(f"no images found in {where}" + (f" (only {len(other)} non-image file(s))" if other else "")
                          + "; expected at least 2 photos (JPEG, PNG, ...)")
+    # the same file twice, or identical copies: keep the first
+    seen_path, seen_hash, unique, dups = {}, {}, [], []
+    for f in images:
+        rp = f.resolve()
+        if rp in seen_path:
+            dups.append(f"{f} is given twice")
+            continue
+        seen_path[rp] = f
+        try:
+            h = hashlib.sha256(f.read_bytes()).hexdigest()
+        except OSError:
+            h = None                                # unreadable: reported when decoded
+        if h is not None and h in seen_hash:
+            dups.append(f"{f.name} is identical to {seen_hash[h].name}")
+            continue
+        if h is not None:
+            seen_hash[h] = f
+        unique.append(f)
+    if dups:
+        warns.append(f"using {len(dups)} duplicate photo(s) once ({'; '.join(dups[:3])}{'; ...' if len(dups) > 3 else ''}):"
+                     " FLARE needs photos of the scene from different viewpoints")
+    images = unique
     if len(images) < 2:
-        raise ValueError(f"FLARE needs at least 2 photos of the scene, found 1 image in {where}: {images[0]}")
+        what = "different image" if dups else "image"
+        raise ValueError(f"FLARE needs at least 2 different photos of the scene, found 1 {what} in {where}: "
+                         f"{images[0]}" + (f" ({'; '.join(dups[:2])})" if dups else ""))
     if len(images) > max_views:
         n = len(images)
         keep = sorted({round(i * (n - 1) / (max_views - 1)) for i in range(max_views)})
@@ -117,27 +172,136 @@ def collect_images(inputs, max_views: int = DEFAULT_MAX_VIEWS) -> tuple[list[Pat
     return images, warns
 
 
-def _decode_all(paths) -> tuple[list[Path], list[str], list[str]]:
-    """Decode every file once; unreadable ones are dropped with a warning. Returns
-    ``(good paths, warnings, error messages)``."""
+def read_poses(path) -> dict[str, "torch.Tensor"]:
+    """Camera-to-world poses (OpenCV axes, float64 ``(4, 4)``) by image file name, for ``--poses``.
 
-    good, warns, errors = [], [], []
+    ``path``: a nerfstudio / instant-ngp ``transforms.json`` (or a folder holding one):
+    ``frames[].transform_matrix`` is camera-to-world in OpenGL axes and is converted; or a
+    COLMAP model folder (``cameras``/``images`` ``.txt`` or ``.bin``, also ``sparse/0`` below
+    it): ``cam_from_world`` is inverted. Keys are the base names of ``file_path`` / the
+    COLMAP image names. Raises FileNotFoundError / ValueError with one line naming the file."""
+
+
+
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"--poses: no such file or folder: {path}")
+    js = path / "transforms.json" if path.is_dir() else path
+    if js.is_file():
+        try:
+            meta = json.loads(js.read_text())
+        except (ValueError, UnicodeDecodeError) as e:
+            raise ValueError(f"--poses {js}: not valid JSON ({e})") from None
+        if not isinstance(meta, dict) or not isinstance(meta.get("frames"), list):
+            raise ValueError(f"--poses {js}: expected a transforms.json object with a 'frames' list")
+        out = {}
+        for i, fr in enumerate(meta["frames"]):
+            try:
+                T = torch.tensor(fr["transform_matrix"], dtype=torch.float64)
+                name = Path(str(fr["file_path"])).name
+            except (KeyError, TypeError, ValueError):
+                raise ValueError(f"--poses {js}: frame {i} needs 'file_path' and a numeric 4x4 "
+                                 "'transform_matrix'") from None
+            if T.shape == (3, 4):
+                T = torch.cat((T, T.new_tensor([[0, 0, 0, 1]])))
+            if T.shape != (4, 4):
+                raise ValueError(f"--poses {js}: frame {i} ({name}): transform_matrix must be 4x4, "
+                                 f"got {tuple(T.shape)}")
+            out[name] = opengl_to_opencv(T[None])[0]
+        return out
+    model_dir = next((d for d in (path, path / "sparse" / "0", path / "sparse")
+                      if any((d / f"images.{e}").is_file() for e in ("txt", "bin"))), None)
+    if model_dir is None:
+        raise ValueError(f"--poses {path}: expected a transforms.json or a COLMAP model folder "
+                         "(cameras/images/points3D .txt or .bin)")
+    import pycolmap
+
+    try:
+        rec = pycolmap.Reconstruction(str(model_dir))
+    except Exception as e:  # noqa: BLE001 - pycolmap raises several types
+        raise ValueError(f"--poses {model_dir}: pycolmap could not read the COLMAP model ({e})") from None
+    out = {}
+    for image in rec.images.values():
+        if hasattr(image, "has_pose") and not image.has_pose:
+            continue
+        w2c = torch.eye(4, dtype=torch.float64)
+        w2c[:3, :] = torch.as_tensor(image.cam_from_world().matrix(), dtype=torch.float64)
+        out[Path(image.name).name] = invert_pose(w2c[None])[0]
+    return out
+
+
+def match_poses(poses: dict, photos, source) -> "torch.Tensor":
+    """``(V, 4, 4)`` poses of ``photos`` from :func:`read_poses` output, matched by file name
+    (exact, else by name without extension). One missing photo -> ValueError naming it."""
+
+    by_stem = {}
+    for k, v in poses.items():
+        by_stem.setdefault(Path(k).stem, []).append(v)
+    out = []
+    for p in photos:
+        p = Path(p)
+        if p.name in poses:
+            out.append(poses[p.name])
+        elif len(by_stem.get(p.stem, [])) == 1:
+            out.append(by_stem[p.stem][0])
+        else:
+            listed = ", ".join(sorted(poses)[:6]) + (", ..." if len(poses) > 6 else "")
+            raise ValueError(f"--poses {source} has no pose for the photo {p.name} (it lists {len(poses)}: "
+                             f"{listed}); give a pose for every photo or leave that photo out")
+    return torch.stack(out)
+
+
+def _decode_all(paths, size=None) -> tuple[list[Path], list[tuple[int, int]], list[str], list[str]]:
+    """Decode every file once; unreadable ones and photos smaller than ``MIN_PHOTO_SIDE`` are
+    dropped with a warning naming them; big photos are reported. Returns ``(good paths, their
+    oriented sizes (W, H), warnings, error messages)``."""
+
+    good, sizes, warns, errors = [], [], [], []
     for p in paths:
         try:
-            load_image(p)
-            good.append(p)
+            wh = load_image(p).size
         except (ValueError, OSError) as e:
             errors.append(str(e))
+            continue
+        if min(wh) < MIN_PHOTO_SIDE:
+            errors.append(f"{p} is {wh[0]}x{wh[1]} px, smaller than the minimum {MIN_PHOTO_SIDE} px per side")
+            continue
+        if wh[0] * wh[1] > BIG_PHOTO_PIXELS:
+            warns.append(f"{p} is {wh[0]}x{wh[1]} ({wh[0] * wh[1] / 1e6:.0f} megapixels): decoding it takes about "
+                         f"{decode_bytes(wh[0] * wh[1]) / 1e9:.1f} GB and a few seconds (counted in the memory check); "
+                         "a downscaled copy gives the same result faster")
+        good.append(p)
+        sizes.append(wh)
     if errors:
-        warns.append(f"skipping {len(errors)} unreadable image(s): " + " | ".join(errors[:3])
+        warns.append(f"skipping {len(errors)} unusable image(s): " + " | ".join(errors[:3])
                      + (" | ..." if len(errors) > 3 else ""))
-    return good, warns, errors
+    return good, sizes, warns, errors
+
+
+def _preprocess_warnings(paths, sizes, size, auto_orient: bool) -> list[str]:
+    """What the resize + centre crop does to unusual photos: strong upscaling, and crops that
+    keep less than ``MIN_KEPT_FRACTION`` of a photo's width or height."""
+
+    warns = []
+    for p, (W, H) in zip(paths, sizes):
+        Wt, Ht = oriented_size(size, (W, H), auto_orient)
+        s = max(Wt / W, Ht / H)
+        kept_w, kept_h = Wt / (W * s), Ht / (H * s)
+        if min(kept_w, kept_h) < MIN_KEPT_FRACTION:
+            side, frac = ("width", kept_w) if kept_w < kept_h else ("height", kept_h)
+            warns.append(f"{p.name} is {W}x{H}: the centre crop to {Wt}x{Ht} keeps only {frac:.2%} of its {side}; "
+                         f"crop it yourself to the part that matters (aspect near {Wt}:{Ht})")
+        if s > MAX_UPSCALE:
+            warns.append(f"{p.name} is {W}x{H}: enlarged {s:.1f}x to {Wt}x{Ht}, so it holds little detail; "
+                         "use a larger photo or a smaller --size")
+    return warns
 
 
 # ----------------------------------------------------------------------------- memory guard
 #: Peak memory model of one reconstruction (bytes), ``estimate_memory_bytes``:
 #:
-#: * ``base`` (the Python process with torch loaded, ~320 MB measured) + weights
+#: * ``base`` (the Python process with torch, PIL, matplotlib and pycolmap loaded: the demo
+#:   peaked at 0.49 GB with an estimate of 0.46 GB from base = 350 MB, so 400 MB) + weights
 #:   ``n_params * 4`` (x 1.5 on CUDA: bf16 copies under autocast);
 #: * tokens ``a * V * N * max(enc_dim, dec_dim * dec_mlp_ratio) * 4``, N = HW / patch^2
 #:   (encoder / decoder activations of the widest layer);
@@ -151,20 +315,35 @@ def _decode_all(paths) -> tuple[list[Path], list[str], list[str]]:
 #: 43 MB, 8x128x128: 78 MB, 8x256x256: 191 MB, 4x512x384: 258 MB, 8x512x384: 463 MB, i.e.
 #: linear in V H W at ~2.3-2.9 x ``dpt_feature_dim * 4`` bytes per pixel: ``b = 3``. ``a`` is
 #: a margin (the tiny model's tokens are too narrow to measure it separately).
-MEMORY_MODEL = {"a": 12.0, "b": 3.0, "c": 0.0, "e": 200.0, "base": 350e6}
+MEMORY_MODEL = {"a": 12.0, "b": 3.0, "c": 0.0, "e": 200.0, "base": 400e6, "d": 14.0}
+#: ``d``: bytes per pixel of decoding the largest photo (:func:`decode_bytes`): PIL holds RGB
+#: as 4 bytes per pixel, and the decoded image, its EXIF-rotated copy and the 8-bit RGB copy
+#: coexist (12 bytes per pixel) plus the resize's intermediate; photos are decoded one at a
+#: time, and the memory is counted as still held during the reconstruction (the allocator
+#: does not always give it back). ``benchmarks/bench_memory.py`` prints estimate and measured
+#: peak side by side.
 
 
-def estimate_memory_bytes(cfg, n_params: int, V: int, H: int, W: int, device: str = "cpu") -> float:
+def decode_bytes(pixels: float) -> float:
+    """Estimated peak memory (bytes) of decoding and preprocessing one photo of ``pixels`` pixels."""
+    return MEMORY_MODEL["d"] * float(pixels)
+
+
+def estimate_memory_bytes(cfg, n_params: int, V: int, H: int, W: int, device: str = "cpu",
+                          photo_pixels: float = 0) -> float:
     """Estimated peak memory (bytes) of a reconstruction of ``V`` views of ``H x W`` with a model
-    of config ``cfg`` (:data:`MEMORY_MODEL`)."""
+    of config ``cfg`` (:data:`MEMORY_MODEL`); ``photo_pixels``: pixels of the largest photo
+    (decoded on the CPU: counted for CPU runs)."""
     m = MEMORY_MODEL
     N = (H // cfg.patch_size) * (W // cfg.patch_size)
     width = max(cfg.enc_dim, int(cfg.dec_dim * cfg.dec_mlp_ratio))
-    weights = n_params * 4 * (1.5 if str(device).startswith("cuda") else 1.0)
+    cuda = str(device).startswith("cuda")
+    weights = n_params * 4 * (1.5 if cuda else 1.0)
     tokens = m["a"] * V * N * width * 4
     attention = m["c"] * max(cfg.enc_heads, cfg.dec_heads) * (V * N) ** 2 * 4
     pixels = m["b"] * V * H * W * cfg.dpt_feature_dim * 4 + m["e"] * V * H * W
-    return m["base"] + weights + tokens + attention + pixels
+    decode = 0.0 if cuda else decode_bytes(photo_pixels)
+    return m["base"] + weights + tokens + attention + pixels + decode
 
 
 def available_memory_bytes(device) -> float | None:
@@ -174,6 +353,7 @@ def available_memory_bytes(device) -> float | None:
     if env:
         return float(env) * 1e9
     if str(device).startswith("cuda"):
+
         return float(torch.cuda.mem_get_info(torch.device(device))[0])
     try:
         for line in Path("/proc/meminfo").read_text().splitlines():
@@ -184,21 +364,21 @@ def available_memory_bytes(device) -> float | None:
     return None
 
 
-def check_memory(cfg, n_params: int, V: int, size, device) -> tuple[float, float | None]:
+def check_memory(cfg, n_params: int, V: int, size, device, photo_pixels: float = 0) -> tuple[float, float | None]:
     """Refuse (ValueError) when the estimate exceeds the free memory, saying how many views
-    and which size would fit. Returns ``(estimate, available)`` in bytes."""
+    and which size would fit (or what the smallest run needs). Returns ``(estimate,
+    available)`` in bytes."""
     W, H = size
-    need = estimate_memory_bytes(cfg, n_params, V, H, W, device)
+    est = lambda v, h, w: estimate_memory_bytes(cfg, n_params, v, h, w, device, photo_pixels)  # noqa: E731
+    need = est(V, H, W)
     have = available_memory_bytes(device)
     if have is None or need <= have:
         return need, have
-    fit_v = max((v for v in range(2, V) if estimate_memory_bytes(cfg, n_params, v, H, W, device) <= have), default=None)
+    fit_v = max((v for v in range(2, V) if est(v, H, W) <= have), default=None)
     fit_s = None
-    for k in range(1, 64):
-        w, h = W - 64 * k, round((W - 64 * k) * H / W / 64) * 64
-        if w < 64 or h < 64:
-            break
-        if estimate_memory_bytes(cfg, n_params, V, h, w, device) <= have:
+    for w in range(W - 64, 63, -64):                  # same aspect, every smaller width
+        h = max(64, round(w * H / W / 64) * 64)
+        if est(V, h, w) <= have:
             fit_s = (w, h)
             break
     hints = []
@@ -206,30 +386,15 @@ def check_memory(cfg, n_params: int, V: int, size, device) -> tuple[float, float
         hints.append(f"at most {fit_v} views at {W}x{H} (--max-views {fit_v})")
     if fit_s:
         hints.append(f"{V} views at --size {fit_s[0]}x{fit_s[1]}")
-    hint = " or ".join(hints) if hints else "even 2 views of 64x64 do not fit; free some memory"
+    if hints:
+        hint = "would fit: " + " or ".join(hints)
+    else:
+        least = est(2, 64, 64)
+        hint = (f"the smallest run (2 views at --size 64x64) needs about {least / 1e9:.2f} GB"
+                + (" (most of it the model and decoding the largest photo)" if least > have else
+                   "; pass a smaller --size or fewer photos") + ("; free some memory" if least > have else ""))
     raise ValueError(f"not enough memory on {device}: {V} views of {W}x{H} need about {need / 1e9:.1f} GB, "
-                     f"{have / 1e9:.1f} GB free; would fit: {hint}")
-
-
-# ----------------------------------------------------------------------------- output folder
-def _check_out(out: Path, force: bool) -> None:
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {out} is a file, expected a folder (new or empty)")
-    if out.is_dir() and any(out.iterdir()) and not force:
-        raise ValueError(f"output folder {out} already exists and is not empty; pass --force to overwrite "
-                         "it or choose another --out")
-
-
-def _prepare_out(out: Path, force: bool) -> None:
-    _check_out(out, force)
-    if out.is_dir() and any(out.iterdir()):
-        for name in OUR_FILES:                     # remove only what a previous run wrote
-            (out / name).unlink(missing_ok=True)
-        for sub, pattern in (("images", "[0-9][0-9][0-9]_*"), ("renders", "view_*.png"),
-                             ("sparse/0", "*.txt")):
-            for f in (out / sub).glob(pattern):
-                f.unlink()
-    out.mkdir(parents=True, exist_ok=True)
+                     f"{have / 1e9:.1f} GB free; {hint}")
 
 
 def _human(n: int) -> str:
@@ -241,51 +406,230 @@ def _human(n: int) -> str:
 
 
 # ----------------------------------------------------------------------------- the run
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C during a run; the message says what state ``--out`` was left in."""
+
+
+def check_options(conf_threshold=0.5, pnp_iterations=10_000, max_views=DEFAULT_MAX_VIEWS) -> None:
+    """ValueError naming the option for values the run cannot use (checked before any work)."""
+    try:
+        q = float(conf_threshold)
+    except (TypeError, ValueError):
+        q = float("nan")
+    if not 0.0 <= q < 1.0:
+        raise ValueError(f"--conf-threshold must be a fraction in [0, 1) of the least confident pixels to drop, "
+                         f"got {conf_threshold}")
+    if isinstance(pnp_iterations, bool) or not isinstance(pnp_iterations, int) or pnp_iterations < 1:
+        raise ValueError(f"--pnp-iterations must be a positive integer (RANSAC iterations of the PnP cameras, "
+                         f"default 10000), got {pnp_iterations!r}")
+    if isinstance(max_views, bool) or not isinstance(max_views, int) or max_views < 2:
+        raise ValueError(f"--max-views must be an integer >= 2, got {max_views!r}")
+
+
+def resolve_ref_view(ref_view, names) -> int | None:
+    """``--ref-view``: None for ``auto``, else the index of the view (an index or a file name);
+    ValueError naming the option otherwise."""
+    if str(ref_view) == "auto":
+        return None
+    if str(ref_view) in names:
+        return names.index(str(ref_view))
+    try:
+        ref = int(str(ref_view))
+    except ValueError:
+        ref = None
+    if ref is None or not 0 <= ref < len(names):
+        raise ValueError(f"--ref-view must be 'auto', a view index in 0..{len(names) - 1} or one of the file "
+                         f"names {names}, got {ref_view!r}")
+    return ref
+
+
+def planned_files(photos, n_views: int | None = None, render: bool = True) -> list[str]:
+    """Every relative path a run on ``photos`` may write (the image names depend on the order
+    chosen later, so every position is listed)."""
+    n = len(photos) if n_views is None else n_views
+    names = list(OUR_FILES)
+    names += [f"images/{k:03d}_{Path(p).stem.replace(' ', '_')}.png" for k in range(n) for p in photos]
+    if render:
+        names += [f"renders/view_{k:03d}.png" for k in range(n)]
+    return names
+
+
+def precheck_checkpoint(path: Path) -> None:
+    """What can be told about ``--checkpoint`` without reading it (no torch needed): it exists,
+    has a known suffix, and its first bytes are those of a zip archive, a pickle or a
+    safetensors header. FileNotFoundError / ValueError naming the file; the full check is
+    :func:`flare_nb.model.checkpoint.read_state_dict`."""
+
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}" + (" (it is a folder)" if path.is_dir() else ""))
+    suffix = path.suffix.lower()
+    if suffix not in (".pth", ".pt", ".bin", ".safetensors"):
+        raise ValueError(f"unknown checkpoint format {suffix!r} ({path}); expected .pth, .pt or .safetensors")
+    with open(path, "rb") as f:
+        head = f.read(8)
+    if suffix == ".safetensors":
+        n = int.from_bytes(head, "little") if len(head) == 8 else -1
+        try:
+            with open(path, "rb") as f:
+                f.seek(8)
+                ok = 0 < n <= path.stat().st_size - 8 and isinstance(json.loads(f.read(n)), dict)
+        except (ValueError, UnicodeDecodeError):
+            ok = False
+        if not ok:
+            raise ValueError(f"{path} is not a valid .safetensors file (its header is not a JSON table of "
+                             "tensors); copy or download it again")
+        return
+    if head.startswith(b"PK\x03\x04") and not zipfile.is_zipfile(path):
+        raise ValueError(f"{path} is not a readable PyTorch checkpoint (a damaged or truncated zip archive); "
+                         "copy or download it again")
+    if not head.startswith((b"PK\x03\x04", b"\x80")):
+        raise ValueError(f"{path} is not a PyTorch checkpoint (neither a zip archive nor a pickle: random or "
+                         "other data); expected a .pth/.pt state dict or a .safetensors file")
+
+
+def _resolve_config(config):
+    """``"tiny"`` / ``"official_geometry"`` / a FlareConfig (as :func:`flare_nb.inference.resolve_config`,
+    without importing torch)."""
+
+    if isinstance(config, config_module.FlareConfig):
+        return config
+    names = sorted(n for n in config_module.__all__ if n != "FlareConfig")
+    if not isinstance(config, str) or config.strip() not in names:
+        raise ValueError(f"--config must be one of {names}, got {config!r}")
+    return getattr(config_module, config.strip())()
+
+
+def _count_parameters(cfg) -> int:
+
+
+    with torch.device("meta"):
+        return sum(p.numel() for p in FlareModel(cfg).parameters())
+
+
 def reconstruct_to_folder(inputs, out, checkpoint=None, config="tiny", size=None, device="auto", ref_view="auto",
         conf_threshold: float = 0.5, force: bool = False, max_views: int = DEFAULT_MAX_VIEWS,
-        pnp_iterations: int = 10_000, render: bool = True, title: str = "flare-nb reconstruct") -> dict:
+        pnp_iterations: int = 10_000, render: bool = True, title: str = "flare-nb reconstruct",
+        poses=None) -> dict:
     """The whole ``flare-nb reconstruct`` (module docstring); returns a dict with ``files``
     ({name: bytes}), ``timings`` (seconds per stage), ``order`` (input index of each view),
-    ``weights_random``, ``out`` and ``report`` (the :class:`RunReport` written to ``report.md``).
-    Raises ValueError / FileNotFoundError on bad input."""
+    ``weights_random`` and ``out``. Raises ValueError / FileNotFoundError on bad input (before
+    any output exists), :class:`Interrupted` on Ctrl-C; whatever fails, ``--out`` is left as it
+    was (or marked incomplete, :mod:`flare_nb.outdir`) and the error's ``out_note`` says which.
+
+    ``poses``: optional ``--poses`` file or folder (:func:`read_poses`), one camera-to-world
+    pose per photo matched by file name; passed to ``reconstruct(camera_poses=...)``, the
+    release's known-pose mode."""
 
     t_all = time.perf_counter()
     timings: dict[str, float] = {}
     notes: list[str] = []
     out = Path(out)
-    if not 0.0 <= float(conf_threshold) < 1.0:
-        raise ValueError(f"--conf-threshold must be a fraction in [0, 1) of the least confident pixels to drop, "
-                         f"got {conf_threshold}")
-    cfg = resolve_config(config)
+    check_options(conf_threshold, pnp_iterations, max_views)
+    cfg = _resolve_config(config)
     cfg_name = config if isinstance(config, str) else "custom"
-    size = default_size(cfg_name) if size is None else tuple(size)
-    dev = resolve_device(device)
+    size = default_size(cfg_name) if size is None else check_size(tuple(size))
+    dname = str(device).strip().lower()
+    if not (dname in ("auto", "cpu", "cuda") or (dname.startswith("cuda:") and dname[5:].isdigit())):
+        raise ValueError(f"--device must be auto, cpu, cuda or cuda:N, got {device!r}")
+    ckpt = None if checkpoint in (None, "") else Path(checkpoint)
+    if ckpt is not None:
+        precheck_checkpoint(ckpt)
 
-    # 1. photos
+    # 1. photos and the output folder, before any work
     t0 = time.perf_counter()
     paths, warns = collect_images(inputs, max_views)
-    good, w2, errors = _decode_all(paths)
-    for w in warns + w2:
+    folder = StagedOutput(out, force, paths)
+    folder.check(planned_files(paths, render=render))
+    stage = folder.begin()                       # proves --out can be created, before any work
+    try:
+        good, sizes, auto_orient, ref_given = _check_photos(paths, size, ref_view, folder, warns, notes)
+        given = None
+        if poses is not None:
+
+            given = match_poses(read_poses(poses), good, poses)
+            try:
+                check_camera_poses(given, 1, len(good))
+            except ValueError as e:
+                raise ValueError(f"--poses {poses}: {e}") from None
+            if cfg.kind != "geometry":
+                raise ValueError("--poses works with the geometry model only")
+        timings["collect_and_decode"] = time.perf_counter() - t0
+        _say(f"[1/6] {len(good)} photos: {', '.join(p.name for p in good)}")
+
+        try:
+            dev = resolve_device(device)
+        except RuntimeError:
+            raise ValueError(f"--device {device}: no CUDA GPU is visible here; use --device auto or cpu") from None
+        # memory guard, decoding the largest photo included
+        n_params = _count_parameters(cfg)
+        need, have = check_memory(cfg, n_params, len(good), size, dev, max(w * h for w, h in sizes))
+        result = _run_staged(stage, good, cfg, cfg_name, ckpt, size, dev, ref_given, auto_orient, conf_threshold,
+                             pnp_iterations, render, title, notes, timings, need, have, given, poses)
+        files = folder.commit()
+    except KeyboardInterrupt:
+        raise Interrupted(folder.abort()) from None
+    except OSError as e:
+        note = folder.abort()
+        where = f" ({e.filename})" if getattr(e, "filename", None) else ""
+        err = OSError(f"could not write the outputs for --out {out}{where}: {e.strerror or e}; {note}; "
+                      "free some space or choose another --out")
+        err.out_note = note
+        raise err from None
+    except BaseException as e:
+        e.out_note = folder.abort()
+        raise
+    result["out"] = out
+    result["files"] = {n: (out / n).stat().st_size for n in files}
+    result["timings"]["total"] = time.perf_counter() - t_all
+    _say("[6/6] done: " + str(out))
+    for name, n in result["files"].items():
+        _say(f"      {name:34s} {_human(n):>10s}")
+    _say("      time per stage: " + ", ".join(f"{k} {v:.2f} s" for k, v in timings.items()))
+    if result["weights_random"]:
+        _say("*** RANDOM WEIGHTS were used: the files above are NOT a reconstruction (see report.md).")
+    return result
+
+
+def _check_photos(paths, size, ref_view, folder, warns, notes):
+    """Decode the photos once, check ``--ref-view``, collect and print every warning.
+    Returns ``(good paths, their sizes, auto_orient, reference index or None)``."""
+
+    good, sizes, w2, errors = _decode_all(paths)
+    warns = warns + w2
+    if len(good) < 2:
+        detail = " | ".join(errors[:3]) if errors else "no readable image"
+        raise ValueError(f"need at least 2 readable photos, got {len(good)} of {len(paths)}: {detail}")
+    check_one_orientation([p.name for p in good], sizes, size)   # mixed portrait + landscape: refused
+    auto_orient = True
+    warns += _preprocess_warnings(good, sizes, size, auto_orient)
+    for old in folder.leftovers():
+        warns.append(f"{old} is the INCOMPLETE output of an interrupted run (not used); delete it")
+    for w in warns:
         _warn(w)
         notes.append(w)
-    if len(good) < 2:
-        detail = errors[0] if errors else "no readable image"
-        raise ValueError(f"need at least 2 readable photos, got {len(good)} of {len(paths)}: {detail}")
-    _check_out(out, force)
-    timings["collect_and_decode"] = time.perf_counter() - t0
-    _say(f"[1/6] {len(good)} photos: {', '.join(p.name for p in good)}")
+    ref_given = resolve_ref_view(ref_view, [p.name for p in good])
+    return good, sizes, auto_orient, ref_given
+
+
+def _load_model_checked(ckpt, cfg, dev):
+
+    try:
+        return load_model(ckpt, cfg, device=dev)
+    except (FileNotFoundError, ValueError):
+        raise
+    except Exception as e:  # noqa: BLE001 - never pass on a reader's advice (e.g. unsafe loading)
+        raise ValueError(f"{ckpt} could not be read as a FLARE checkpoint ({type(e).__name__}); expected a "
+                         ".pth/.pt state dict or a .safetensors file") from None
+
+
+def _run_staged(stage, good, cfg, cfg_name, ckpt, size, dev, ref_given, auto_orient, conf_threshold, pnp_iterations,
+                render, title, notes, timings, need, have, given=None, poses=None) -> dict:
+    """Steps 2-5 of :func:`reconstruct_to_folder`, every file written into the staging folder ``stage``."""
+
 
     # 2. model
     t0 = time.perf_counter()
-    ckpt = None if checkpoint in (None, "") else Path(checkpoint)
-    if ckpt is not None and not ckpt.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {ckpt}")
-    try:
-        model = load_model(ckpt, cfg, device=dev)
-    except (FileNotFoundError, ValueError):
-        raise
-    except Exception as e:  # unpickling errors, torch's RuntimeError on a non-zip file, ...
-        raise ValueError(f"{ckpt} is not a FLARE checkpoint (could not be read: {type(e).__name__}: {e})") from None
+    model = _load_model_checked(ckpt, cfg, dev)
     timings["load_model"] = time.perf_counter() - t0
     n_params = sum(p.numel() for p in model.parameters())
     random_w = bool(getattr(model, "weights_random", False))
@@ -294,38 +638,24 @@ def reconstruct_to_folder(inputs, out, checkpoint=None, config="tiny", size=None
         _say("*" * 78 + "\n*** RANDOM WEIGHTS: no trained checkpoint was found or given. The outputs show the\n"
              "*** data flow and file formats only; cameras and points are NOT a reconstruction.\n" + "*" * 78)
 
-    # 3. memory guard + preprocessing + reference view
-    need, have = check_memory(cfg, n_params, len(good), size, dev)
+    # 3. preprocessing + reference view
     t0 = time.perf_counter()
-    wh = []
-    for p in good:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            wh.append(load_image(p).size)
-    auto_orient = len({oriented_size(size, s) for s in wh}) == 1
-    if not auto_orient:
-        msg = f"the photos mix portrait and landscape; all are centre-cropped to {size[0]}x{size[1]}"
-        _warn(msg)
-        notes.append(msg)
     x01, _, info = load_images(good, size=size, auto_orient=auto_orient)
     timings["preprocess"] = time.perf_counter() - t0
+    same = [(i, j) for i in range(len(good)) for j in range(i) if torch.equal(x01[i], x01[j])]
+    if same:
+        msg = (f"{len(same)} pair(s) of photos are identical after preprocessing ("
+               + ", ".join(f"{good[i].name} = {good[j].name}" for i, j in same[:3])
+               + "): their cameras coincide at best; use photos from different viewpoints")
+        _warn(msg)
+        notes.append(msg)
     H, W = x01.shape[-2:]
     t0 = time.perf_counter()
-    if str(ref_view) == "auto":
+    if ref_given is None:
         ref, scores = reference_view.choose_reference_view(x01)
         how = "auto (most central by colour-histogram + thumbnail similarity)"
     else:
-        names = [p.name for p in good]
-        if str(ref_view) in names:
-            ref = names.index(str(ref_view))
-        else:
-            try:
-                ref = int(ref_view)
-            except ValueError:
-                raise ValueError(f"--ref-view must be 'auto', a view index 0..{len(good) - 1} or one of the "
-                                 f"file names {names}, got {ref_view!r}") from None
-        scores = None
-        how = "given"
+        ref, scores, how = ref_given, None, "given"
     order = reference_view.reference_order(len(good), ref)
     x01 = x01[order]
     timings["reference_view"] = time.perf_counter() - t0
@@ -334,7 +664,12 @@ def reconstruct_to_folder(inputs, out, checkpoint=None, config="tiny", size=None
 
     # 4. FLARE
     _say(f"[4/6] running FLARE on {len(good)} views ...")
-    rec = reconstruct(model, x01, device=dev, pnp_iterations=pnp_iterations)
+    if given is not None:
+        _say(f"      camera poses given ({poses}): they replace the predicted poses in stages 2 and 3")
+        notes.append(f"camera poses given from {poses} (the release's known-pose mode); the pose heads still "
+                     "run and the exported cameras are solved from the pointmaps as usual")
+    rec = reconstruct(model, x01, device=dev, pnp_iterations=pnp_iterations,
+                      camera_poses=None if given is None else given[order])
     for k, v in rec.timings.items():
         if k != "preprocess":
             timings[k] = v
@@ -347,9 +682,9 @@ def reconstruct_to_folder(inputs, out, checkpoint=None, config="tiny", size=None
     K = Ks[0]
     notes += chosen["notes"]
 
-    # 5. exports
+    # 5. exports, into the staging folder
     _say("[5/6] writing files ...")
-    _prepare_out(out, force)
+    out = stage
     stems = [f"{k:03d}_{good[i].stem.replace(' ', '_')}.png" for k, i in enumerate(order)]
     t0 = time.perf_counter()
     (out / "images").mkdir(exist_ok=True)
@@ -365,7 +700,10 @@ def reconstruct_to_folder(inputs, out, checkpoint=None, config="tiny", size=None
     extra = {"weights": model.weights_label, "weights_random": random_w, "config": cfg_name,
              "pose_source": pose_source, "focal_source": focal_source,
              "focal": float(K[0, 0]), "reference_view": {"input_index": ref, "file": str(good[ref]), "how": how},
-             "order": order, "pose_head": {"coarse_c2w": [export.matrix_list(m) for m in rec.c2w_coarse],
+             "order": order,
+             "given_poses": None if rec.c2w_given is None else {
+                 "file": str(poses), "c2w_relative_to_view0": [export.matrix_list(m) for m in rec.c2w_given]},
+             "pose_head": {"coarse_c2w": [export.matrix_list(m) for m in rec.c2w_coarse],
                                            "refined_c2w": [export.matrix_list(m) for m in rec.c2w_refined]},
              "notes": notes}
     export.write_cameras_json(out / "cameras.json", c2w, Ks, stems, (H, W), extra, per_view)
@@ -406,9 +744,8 @@ def reconstruct_to_folder(inputs, out, checkpoint=None, config="tiny", size=None
     export.save_summary_figure(out / "summary.png", c2w, Ks, (H, W), P, C, x01,
                                title=("RANDOM WEIGHTS - not a reconstruction" if random_w else model.weights_label))
     timings["summary_figure"] = time.perf_counter() - t0
-    timings["total"] = time.perf_counter() - t_all
 
-    result = {"out": out, "timings": timings, "order": order, "weights_random": random_w,
+    result = {"timings": timings, "order": order, "weights_random": random_w,
               "n_points": len(P), "focal": float(K[0, 0]), "size": (W, H)}
     report = RunReport(title=title, out=out, photos=good, order=order, stems=stems,
                        src_sizes=[d["src_size"] for d in info], weights=model.weights_label,
@@ -419,20 +756,11 @@ def reconstruct_to_folder(inputs, out, checkpoint=None, config="tiny", size=None
                        notes=notes)
     report.write()
     result["report"] = report
-    result["files"] = _files(out)
-    _say("[6/6] done: " + str(out))
-    for name, n in result["files"].items():
-        _say(f"      {name:34s} {_human(n):>10s}")
-    _say("      time per stage: " + ", ".join(f"{k} {v:.2f} s" for k, v in timings.items()))
-    if random_w:
-        _say("*** RANDOM WEIGHTS were used: the files above are NOT a reconstruction (see report.md).")
     return result
 
 
 def _files(out: Path) -> dict:
     return {str(p.relative_to(out)): p.stat().st_size for p in sorted(out.rglob("*")) if p.is_file()}
-
-
 
 
 @dataclass

@@ -81,7 +81,7 @@ def test_parse_size_and_memory_estimate():
 
 def test_collect_images_skips_non_images_and_subsamples(tmp_path):
     for i in range(20):
-        (tmp_path / f"{i:02d}.png").write_bytes(b"x")
+        (tmp_path / f"{i:02d}.png").write_bytes(f"x{i}".encode())
     (tmp_path / "notes.txt").write_text("hi")
     paths, warns = pipeline.collect_images([tmp_path], max_views=5)
     assert [p.name for p in paths] == ["00.png", "05.png", "10.png", "14.png", "19.png"]
@@ -228,7 +228,7 @@ def test_heic_without_plugin(tmp_path, capsys, monkeypatch):
     d = tmp_path / "heic"
     d.mkdir()
     for n in ("a.HEIC", "b.heic"):
-        (d / n).write_bytes(b"\x00\x00\x00\x18ftypheic")
+        (d / n).write_bytes(b"\x00\x00\x00\x18ftypheic" + n.encode())
     _error(["reconstruct", d, "--out", tmp_path / "o"] + FAST, capsys, "pillow-heif")
 
 
@@ -237,7 +237,7 @@ def test_checkpoint_missing_or_not_flare(tmp_path, capsys):
     args = ["reconstruct", tmp_path / "in", "--out", tmp_path / "o"] + FAST
     _error(args + ["--checkpoint", tmp_path / "nope.pth"], capsys, "checkpoint not found", "nope.pth")
     (tmp_path / "junk.pth").write_text("hello")
-    _error(args + ["--checkpoint", tmp_path / "junk.pth"], capsys, "junk.pth", "not a FLARE checkpoint")
+    _error(args + ["--checkpoint", tmp_path / "junk.pth"], capsys, "junk.pth", "not a PyTorch checkpoint")
     torch.save({"foo.weight": torch.zeros(3)}, tmp_path / "other.pt")
     _error(args + ["--checkpoint", tmp_path / "other.pt"], capsys, "other.pt")
     assert not (tmp_path / "o").exists()
@@ -269,3 +269,97 @@ def test_subprocess_exit_status_and_one_line(tmp_path):
     assert p.returncode == 2
     assert p.stderr.strip().startswith("flare-nb: error:") and len(p.stderr.strip().splitlines()) == 1
     assert "Traceback" not in p.stderr
+
+
+# ----------------------------------------------------------------------------- --poses
+def _c2w(n):
+    """``n`` camera-to-world poses (OpenCV) on an arc looking roughly the same way."""
+    out = []
+    for i in range(n):
+        a = 0.2 * i
+        P = torch.eye(4, dtype=torch.float64)
+        P[:3, :3] = torch.tensor([[np.cos(a), 0, np.sin(a)], [0, 1, 0], [-np.sin(a), 0, np.cos(a)]])
+        P[:3, 3] = torch.tensor([2.0 * np.sin(a), 0.1 * i, 2.0 - 2.0 * np.cos(a)])
+        out.append(P)
+    return torch.stack(out)
+
+
+def _transforms(path, names, c2w):
+    from flare_nb.cameras import opencv_to_opengl
+
+    gl = opencv_to_opengl(c2w)
+    frames = [{"file_path": f"images/{n}", "transform_matrix": gl[i].tolist()} for i, n in enumerate(names)]
+    path.write_text(json.dumps({"fl_x": 60.0, "w": 96, "h": 72, "frames": frames}))
+    return path
+
+
+def test_read_poses_transforms_and_colmap_agree(tmp_path):
+    from flare_nb import export
+
+    P = _c2w(3)
+    names = ["a.jpg", "b.jpg", "c.jpg"]
+    from_json = pipeline.read_poses(_transforms(tmp_path / "transforms.json", names, P))
+    assert sorted(from_json) == names
+    for i, n in enumerate(names):
+        assert torch.allclose(from_json[n], P[i], atol=1e-9)
+    K = torch.tensor([[60.0, 0, 47.5], [0, 60.0, 35.5], [0, 0, 1]]).expand(3, 3, 3)
+    export.write_colmap_text(tmp_path / "colmap" / "sparse" / "0", P.float(), K, names, (72, 96),
+                             torch.zeros(0, 3), torch.zeros(0, 3))
+    from_colmap = pipeline.read_poses(tmp_path / "colmap")
+    for i, n in enumerate(names):
+        assert torch.allclose(from_colmap[n], P[i], atol=1e-5)
+    got = pipeline.match_poses(from_json, [tmp_path / "x" / "b.png", tmp_path / "c.jpg"], "t.json")   # by stem, then name
+    assert torch.allclose(got, P[[1, 2]], atol=1e-9)
+    with pytest.raises(ValueError, match="no pose for the photo d.jpg"):
+        pipeline.match_poses(from_json, [tmp_path / "d.jpg"], "t.json")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="transforms.json or a COLMAP model"):
+        pipeline.read_poses(tmp_path / "empty")
+
+
+def test_reconstruct_with_poses(tmp_path, capsys):
+    photos = _photos(tmp_path / "in", 3)
+    poses = _transforms(tmp_path / "transforms.json", [p.name for p in photos], _c2w(3))
+    rc, out, err = _run(["reconstruct", tmp_path / "in", "--out", tmp_path / "out", "--poses", poses,
+                         "--ref-view", "1", *FAST], capsys)
+    assert rc == 0, err
+    assert "camera poses given" in out
+    doc = json.loads((tmp_path / "out" / "cameras.json").read_text())
+    given = torch.tensor(doc["given_poses"]["c2w_relative_to_view0"], dtype=torch.float64)
+    P = _c2w(3)[doc["order"]]
+    assert doc["order"][0] == 1
+    assert torch.allclose(given, torch.linalg.inv(P[0]) @ P, atol=1e-5)
+    # a photo without a pose, a non-rigid matrix: one line, status 2
+    (tmp_path / "in" / "extra.jpg").write_bytes(photos[0].read_bytes())
+    _error(["reconstruct", tmp_path / "in", "--out", tmp_path / "o2", "--poses", poses, *FAST], capsys,
+           "no pose for the photo extra.jpg")
+    (tmp_path / "in" / "extra.jpg").unlink()
+    bad = _c2w(3)
+    bad[2, :3, :3] *= 2.0
+    _error(["reconstruct", tmp_path / "in", "--out", tmp_path / "o3", "--poses",
+            _transforms(tmp_path / "bad.json", [p.name for p in photos], bad), *FAST], capsys,
+           "--poses", "camera_poses[2]", "not a rigid")
+    _error(["reconstruct", tmp_path / "in", "--out", tmp_path / "o4", "--poses", tmp_path / "nothing.json", *FAST],
+           capsys, "no such file")
+
+
+def test_reconstruct_refuses_mixed_orientation(tmp_path, capsys):
+    land = _photos(tmp_path / "in", 2)
+    preprocess.load_image(land[1]).resize((72, 96)).save(tmp_path / "in" / "photo1.jpg")
+    _error(["reconstruct", tmp_path / "in", "--out", tmp_path / "out", "--size", "128x64", "--no-render"], capsys,
+           "mix portrait (photo1.jpg) and landscape (photo0.jpg)")
+    assert not (tmp_path / "out").exists()
+
+
+def test_reconstruct_portrait_photos(tmp_path, capsys):
+    photos = _photos(tmp_path / "in", 2, size=(72, 96))                     # portrait
+    rc, out, err = _run(["reconstruct", tmp_path / "in", "--out", tmp_path / "out", "--size", "128x64",
+                         "--pnp-iterations", "20", "--no-render"], capsys)
+    assert rc == 0, err
+    doc = json.loads((tmp_path / "out" / "cameras.json").read_text())
+    assert (doc["width"], doc["height"]) == (64, 128)                          # the transposed target, portrait
+    assert len(photos) == len(doc["views"])
+
+
+def test_the_parser_default_is_the_pipeline_default():
+    assert cli.MAX_VIEWS == pipeline.DEFAULT_MAX_VIEWS

@@ -217,3 +217,30 @@ def test_cli_colmap_on_one_synthetic_scene():
     assert cells[:5] == ["colmap", "orbit", "4", "256x256", "1"]
     assert 0.0 <= float(cells[5]) <= 100.0
     assert math.isfinite(float(cells[-1]))   # time_s
+
+
+def test_given_poses_mode(capsys, one_thread):
+    """``--given-poses``: the same scenes with predicted and with the true poses; the given run
+    receives the scene's poses (and only then), and the comparison line is printed."""
+    rows = ev.main(["--method", "flare", "--given-poses", "--scenes", "2", "--n-views", "2", "--size", "64", "64"])
+    out = capsys.readouterr().out
+    assert [r["method"] for r in rows] == ["flare"] * 2 + ["flare (true poses given)"] * 2
+    assert "chamfer orbit, 2 views, 64x64, 2 scenes: predicted poses" in out and "true poses given" in out
+    seen = []
+    fn = ev.flare_method(given_poses=True)
+    orig = fn.model.forward
+
+    def spy(*a, **k):
+        seen.append(k.get("camera_poses"))
+        return orig(*a, **k)
+
+    fn.model.forward = spy
+    ev.evaluate_on_synthetic(fn, seeds=1, n_views=2, size=(64, 64), give_poses=True)
+    assert seen[0] is not None and torch.isfinite(seen[0]).all()
+    with pytest.raises(ValueError, match="needs the scene's poses"):
+        ev.evaluate_on_synthetic(fn, seeds=1, n_views=2, size=(64, 64))
+    given = [{"mode": "orbit", "n_views": 2, "size": "64x64", "seed": 1, "chamfer": 0.1}]
+    pred = [dict(given[0], chamfer=0.2)]
+    assert "median ratio given/predicted 0.500; lower with given poses in 1 of 1" in ev.given_pose_comparison(pred, given)
+    with pytest.raises(SystemExit):
+        ev.main(["--method", "colmap", "--given-poses"])

@@ -108,7 +108,7 @@ def test_evaluate_scene_oracle_and_errors(scene):
 def test_report_builder(model):
     with pytest.raises(ValueError, match="unknown pose source"):
         er.build_methods(sources=("stage9",), colmap=False, model=model)
-    methods = er.build_methods(sources=("stage2",), colmap=False, model=model)
+    methods = er.build_methods(sources=("stage2",), colmap=False, model=model, priors=False)
     methods["oracle"] = lambda s: _ORACLE[s.source]
     with pytest.raises(FileNotFoundError, match="no real scene"):
         er.load_real_scene("no_such_scene")
@@ -124,6 +124,10 @@ def test_report_builder(model):
     assert md.startswith("# T") and "* a note" in md
     assert "| flare/stage2 | orbit | 2 | 64x64 | 1 |" in md
     assert "| oracle | fountain-P11 | 3 | 128x64 | 1 | 100.0 |" in md
+    with_priors = er.build_methods(sources=("stage2",), colmap=False, model=model)
+    assert [k for k in with_priors if k.startswith("prior/")] == ["prior/straight", "prior/constant", "prior/per_view"]
+    rr = er.real_rows(with_priors, ["fountain-P11"], size=(128, 64), max_views=3)
+    assert [r["method"] for r in rr] == ["flare/stage2", "prior/straight"]   # fitted priors: synthetic only
 
 
 _ORACLE: dict = {}

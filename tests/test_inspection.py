@@ -68,7 +68,7 @@ def test_rope_scores_depend_on_offset_only():
 
 @pytest.mark.parametrize("stage", [1, 2, 3])
 def test_camera_attention_is_a_distribution(model, stage):
-    imgs = torch.rand(3, 3, 128, 64)                                          # portrait: stage 1 transposes
+    imgs = torch.rand(3, 3, 128, 64)                                          # portrait
     a = camera_attention(model, imgs, stage=stage, layer=-1)
     h, w = (128 // 16, 64 // 16) if stage > 1 else (128 // 32, 64 // 32)
     assert a["weights"].shape == (3, model.cfg.dec_heads, h, w) and a["grid"] == (h, w)

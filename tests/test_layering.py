@@ -16,7 +16,7 @@ LAYER = {
     "__init__": 0, "cameras": 0, "device": 0, "viz": 0,
     "model": 1, "scenes": 1,
     "render": 2,
-    "inference": 3, "export": 3, "own_images": 3, "pipeline": 3,
+    "inference": 3, "export": 3, "own_images": 3, "pipeline": 3, "outdir": 3,
     "eval": 4, "cli": 4, "evaluate": 4, "nvs_eval": 4, "eval_report": 4,   # the last three: python -m shims
     "train": 5,
     "nb": 6,
@@ -93,6 +93,11 @@ def test_the_check_sees_imports():
     assert any(rel == ("eval", "nvs_eval") and mod == ("render", "targets") for rel, mod in edges)
 
 
+#: the one deliberate exception: the command imports the pipeline (and so torch) after parsing its
+#: arguments, so that ``--help`` is quick and a Ctrl-C while torch loads ends with one line (exit 130)
+DEFERRED = {("cli", "pipeline")}
+
+
 def test_package_imports_at_the_top():
     """Imports of the package's own modules sit at the top of each file (optional third-party
     libraries such as gsplat, pycolmap or ipywidgets may still be imported where they are used)."""
@@ -103,5 +108,7 @@ def test_package_imports_at_the_top():
             if isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
                 for node in ast.walk(fn):
                     if isinstance(node, ast.ImportFrom) and (node.level or (node.module or "").startswith("flare_nb")):
+                        if (rel[-1], (node.module or "").split(".")[-1]) in DEFERRED:
+                            continue
                         bad.append(f"{path.relative_to(PKG.parent)}:{node.lineno}")
     assert not bad, "imports inside functions: " + ", ".join(bad)

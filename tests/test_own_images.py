@@ -45,11 +45,13 @@ def test_crop_box_known_answer(tmp_path):
     assert len(fig.axes) == 4
 
 
-def test_load_photos_mixed_orientation_note(tmp_path):
+def test_load_photos_mixed_orientation_refused(tmp_path):
     a = _photo(tmp_path / "a.png", (200, 100))
     b = _photo(tmp_path / "b.png", (100, 200), seed=1)
-    x, info, notes = oi.load_photos([a, b], (128, 64))
-    assert x.shape == (2, 3, 64, 128) and "mix portrait and landscape" in notes[0]
+    with pytest.raises(ValueError, match=r"mix portrait \(b.png\) and landscape \(a.png\)"):
+        oi.load_photos([a, b], (128, 64))
+    x, _, notes = oi.load_photos([a, b], (64, 64))                       # a square target fits both
+    assert x.shape == (2, 3, 64, 64) and notes == []
     x, _, notes = oi.load_photos([b, b], (128, 64))
     assert x.shape == (2, 3, 128, 64) and notes == []                  # both portrait: transposed target
 

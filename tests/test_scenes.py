@@ -272,3 +272,80 @@ def test_unknown_format(tmp_path):
     (tmp_path / "a.png").write_bytes(b"")
     with pytest.raises(ValueError, match="unknown scene format"):
         load_scene(tmp_path)
+
+
+# ----------------------------------------------------------------------------- malformed scene files
+def _fox_copy(tmp_path, n=3):
+    shutil.copytree(FOX / "images", tmp_path / "images")
+    meta = json.loads((FOX / "transforms.json").read_text())
+    meta["frames"] = meta["frames"][:n]
+    return meta
+
+
+@pytest.mark.parametrize("edit, field", [
+    (lambda m: m["frames"].__setitem__(1, 7), "frame 1 must be an object"),
+    (lambda m: m["frames"][0].__setitem__("file_path", 12), "'file_path' must be a path string"),
+    (lambda m: m.update(w=0), "'w' must be a positive number"),
+    (lambda m: m.update(h=0), "'h' must be a positive number"),
+    (lambda m: m["frames"][2].__setitem__("transform_matrix", [[1, 0, 0, 0], [0, 1, 0]]), "'transform_matrix' must be a list of equally long rows"),
+    (lambda m: m["frames"][0].__setitem__("transform_matrix", [["a", 0, 0, 0]] * 4), "'transform_matrix' must hold numbers only"),
+    (lambda m: m.update(fl_x="wide"), "'fl_x' must be a number"),
+    (lambda m: [m.pop(k) for k in ("fl_x", "fl_y")] and m.update(camera_angle_x="ninety"), "'camera_angle_x' must be a number"),
+    (lambda m: m.update(fl_x=-5.0), "'fl_x' must be a positive number"),
+])
+def test_load_nerf_names_file_and_field(tmp_path, edit, field):
+    meta = _fox_copy(tmp_path)
+    edit(meta)
+    (tmp_path / "transforms.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError) as e:
+        load_nerf(tmp_path)
+    assert "transforms.json" in str(e.value) and field in str(e.value), str(e.value)
+
+
+@pytest.mark.parametrize("lost", ["images.txt", "points3D.txt", "cameras.txt"])
+def test_load_colmap_names_the_missing_model_file(tmp_path, lost):
+    _write_colmap_text(tmp_path / "m", scene("fountain-P11"))
+    (tmp_path / "m" / lost).unlink()
+    with pytest.raises(FileNotFoundError) as e:
+        load_colmap(tmp_path / "m", FOUNTAIN / "images")
+    msg = str(e.value)
+    assert lost in msg and str(tmp_path / "m") in msg
+    if lost != "cameras.txt":                       # the files that are there are not called missing
+        assert "found cameras.txt" in msg
+
+
+def test_load_colmap_rejects_zero_focal(tmp_path):
+    _write_colmap_text(tmp_path / "m", scene("fountain-P11"))
+    cams = (tmp_path / "m" / "cameras.txt").read_text().splitlines()
+    parts = cams[0].split()
+    parts[4] = "0.0"                                # fx of camera 1
+    (tmp_path / "m" / "cameras.txt").write_text("\n".join([" ".join(parts)] + cams[1:]) + "\n")
+    with pytest.raises(ValueError, match=r"camera 1: focal length 'params' must be positive"):
+        load_colmap(tmp_path / "m", FOUNTAIN / "images")
+
+
+def test_load_mvsnet_rejects_zero_focal_and_bad_extrinsic(tmp_path):
+    _gt_copy(tmp_path)
+    good = (tmp_path / "00033.txt").read_text()
+    lines = good.splitlines()
+    i = lines.index("intrinsic")
+    lines[i + 1] = "0 0 0"
+    (tmp_path / "00033.txt").write_text("\n".join(lines) + "\n")
+    with pytest.raises(ValueError, match=r"00033\.txt: 'intrinsic' focal lengths must be positive"):
+        load_mvsnet(tmp_path)
+    lines = good.splitlines()
+    j = lines.index("extrinsic")
+    lines[j + 4] = "0 0 1 1"
+    (tmp_path / "00033.txt").write_text("\n".join(lines) + "\n")
+    with pytest.raises(ValueError, match=r"00033\.txt: 'extrinsic' last row must be 0 0 0 1"):
+        load_mvsnet(tmp_path)
+
+
+def test_load_strecha_rejects_zero_focal(tmp_path):
+    shutil.copytree(FOUNTAIN, tmp_path / "f")
+    cam = tmp_path / "f" / "cameras" / "0003.jpg.camera"
+    vals = cam.read_text().split()
+    vals[0] = "0"
+    cam.write_text(" ".join(vals) + "\n")
+    with pytest.raises(ValueError, match=r"0003\.jpg\.camera: 'K \(numbers 1-9\)' focal lengths must be positive"):
+        load_strecha(tmp_path / "f")

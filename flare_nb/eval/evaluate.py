@@ -22,6 +22,7 @@ for evaluation; training (``flare_nb.scenes.synthetic.SyntheticDataset``) must u
 Command line (prints the table)::
 
     python -m flare_nb.evaluate --method flare --opt poses=stage2 checkpoint=data/checkpoints/tiny_geometry.pt
+    python -m flare_nb.evaluate --method flare --given-poses --scenes 16 --size 128 128 --mode orbit forward
     python -m flare_nb.evaluate --method colmap --n-views 4 --scenes 10 [--mode orbit]
         [--size 256 256] [--first-seed 1000000] [--opt key=value ...] [--per-scene] [--json out.json]
 """
@@ -50,7 +51,8 @@ from flare_nb.scenes.synthetic import pointmaps as gt_pointmaps
 
 __all__ = ["FAILED_DEG", "HELD_OUT_SEED_START", "held_out_seeds", "evaluate_poses", "evaluate_pointmaps",
            "evaluate_prediction", "evaluate_on_synthetic", "evaluate_scene", "format_table", "METHODS",
-           "register_method", "colmap_method", "flare_method", "load_flare_for_eval", "POSE_SOURCES", "main"]
+           "register_method", "colmap_method", "flare_method", "load_flare_for_eval", "POSE_SOURCES", "main",
+           "given_pose_comparison"]
 
 FAILED_DEG = 180.0                # rotation and translation error of a pair with an unregistered view
 THRESHOLDS = (5, 15, 30)
@@ -165,11 +167,12 @@ def evaluate_pointmaps(pred_pointmaps, gt_pointmaps, valid, max_points: int = 20
 PredictFn = Callable[[Scene], "torch.Tensor | dict"]
 
 
-def _images_only(scene: Scene) -> Scene:
-    """The scene a method sees: images and names; K and c2w NaN, no depth."""
+def _images_only(scene: Scene, keep_poses: bool = False) -> Scene:
+    """The scene a method sees: images and names; K and c2w NaN (c2w kept with ``keep_poses``),
+    no depth."""
     V = scene.n_views
-    return replace(scene, K=torch.full((V, 3, 3), float("nan")), c2w=torch.full((V, 4, 4), float("nan")),
-                   depth=None)
+    c2w = scene.c2w if keep_poses else torch.full((V, 4, 4), float("nan"))
+    return replace(scene, K=torch.full((V, 3, 3), float("nan")), c2w=c2w, depth=None)
 
 
 def _as_prediction(out, V: int, hw, where: str) -> dict:
@@ -248,7 +251,7 @@ def load_flare_for_eval(checkpoint=None, config="tiny", device="cpu", seed: int 
 
 
 def flare_method(checkpoint: str = "", config="tiny", poses: str = "stage2", device: str = "cpu",
-                 seed: int = 0, pnp_iterations: int = 1000, model=None) -> PredictFn:
+                 seed: int = 0, pnp_iterations: int = 1000, model=None, given_poses: bool = False) -> PredictFn:
     """Factory of FLARE's ``predict_fn`` (:func:`flare_nb.inference.reconstruct`), notebook 07.
 
     Args:
@@ -264,6 +267,9 @@ def flare_method(checkpoint: str = "", config="tiny", poses: str = "stage2", dev
         seed: seed of random tiny weights and of the PnP RANSAC.
         pnp_iterations: RANSAC iterations (only ``poses="pnp"``).
         model: an already built ``FlareModel`` (then ``checkpoint``/``config`` are ignored).
+        given_poses: pass the scene's camera-to-world poses to the model (the release's
+            known-pose mode, ``reconstruct(camera_poses=...)``); the scene must carry them
+            (:func:`evaluate_on_synthetic` with ``give_poses=True``).
 
     The returned ``predict_fn(scene)`` gives ``c2w (V, 4, 4)`` (view 0 = identity),
     ``registered``, ``K`` (focal from the global pointmap, when estimated) and ``pointmaps``
@@ -278,10 +284,17 @@ def flare_method(checkpoint: str = "", config="tiny", poses: str = "stage2", dev
     if model is None:
         model = load_flare_for_eval(checkpoint, config, device, seed)
 
+    given_poses = str(given_poses).lower() in ("1", "true", "yes") if isinstance(given_poses, str) else given_poses
+
     def predict(scene: Scene) -> dict:
         V = scene.n_views
+        kw = {}
+        if given_poses:
+            if not torch.isfinite(scene.c2w).all():
+                raise ValueError("flare_method(given_poses=True) needs the scene's poses: evaluate with give_poses=True")
+            kw["camera_poses"] = scene.c2w
         r = reconstruct(model, scene.images, device=device, pnp=(poses == "pnp"),
-                        pnp_iterations=pnp_iterations, seed=int(seed))
+                        pnp_iterations=pnp_iterations, seed=int(seed), **kw)
         if poses == "pnp":
             if r.c2w_pnp is None:          # PnP impossible: only the reference view has a pose
                 c2w = torch.full((V, 4, 4), float("nan"))
@@ -353,7 +366,7 @@ def register_method(name: str, factory: Callable[..., PredictFn], overwrite: boo
 def evaluate_on_synthetic(predict_fn: PredictFn, seeds: int | Iterable[int] = 10, n_views: int = 4,
                           size=(256, 256), mode: str | Sequence[str] = "orbit", method: str = "method",
                           allow_training_seeds: bool = False, progress: Callable[[dict], None] | None = None,
-                          orbit_arc=None) -> list[dict]:
+                          orbit_arc=None, give_poses: bool = False) -> list[dict]:
     """Run ``predict_fn`` on held-out synthetic scenes; one row (dict) per scene and mode.
 
     ``seeds``: a count ``n`` (the first ``n`` :func:`held_out_seeds`) or explicit seeds, all
@@ -363,7 +376,9 @@ def evaluate_on_synthetic(predict_fn: PredictFn, seeds: int | Iterable[int] = 10
     orbit spread (the rows' mode then reads ``"orbit lo-hi"``). The method sees the images only (module
     docstring). Each row: ``method, mode, n_views, size, seed``, the scalars of
     :func:`evaluate_prediction` and ``time_s`` (wall time of ``predict_fn``).
-    ``progress(row)`` is called after each scene. Notebook 07.
+    ``progress(row)`` is called after each scene. ``give_poses``: the method also receives the
+    true camera-to-world poses in ``scene.c2w`` (for known-pose methods; their pose scores are
+    then not a pose estimate). Notebook 07.
     """
 
     if not callable(predict_fn):
@@ -387,7 +402,7 @@ def evaluate_on_synthetic(predict_fn: PredictFn, seeds: int | Iterable[int] = 10
         for s in seeds:
             scene = make_scene(s, n_views, (W, H), m, **({} if orbit_arc is None else {"orbit_arc": tuple(orbit_arc)}))
             t0 = time.perf_counter()
-            out = predict_fn(_images_only(scene))
+            out = predict_fn(_images_only(scene, keep_poses=give_poses))
             dt = time.perf_counter() - t0
             row = dict(method=method, mode=m, n_views=n_views, size=f"{W}x{H}", seed=s)
             if orbit_arc is not None and m == "orbit":
@@ -474,6 +489,31 @@ def _parse_opts(items: Sequence[str]) -> dict:
     return opts
 
 
+def given_pose_comparison(predicted: Sequence[dict], given: Sequence[dict], key: str = "chamfer") -> str:
+    """A few lines comparing ``key`` (default the chamfer distance of the Sim(3)-aligned global
+    pointmaps) per mode between rows with predicted poses and rows of the same scenes with the
+    true poses given: mean, median of the per-scene ratio given / predicted, scenes improved."""
+    lines = []
+    pairs: dict = {}
+    for r in predicted:
+        pairs.setdefault((r["mode"], r["n_views"], r["size"], r["seed"]), [None, None])[0] = r.get(key)
+    for r in given:
+        k = (r["mode"], r["n_views"], r["size"], r["seed"])
+        if k in pairs:
+            pairs[k][1] = r.get(key)
+    groups: dict = {}
+    for (mode, n, size, _), (a, b) in pairs.items():
+        if a is not None and b is not None and math.isfinite(a) and math.isfinite(b):
+            groups.setdefault((mode, n, size), []).append((a, b))
+    for (mode, n, size), ab in sorted(groups.items()):
+        a = np.array([x for x, _ in ab])
+        b = np.array([y for _, y in ab])
+        lines.append(f"{key} {mode}, {n} views, {size}, {len(ab)} scenes: predicted poses {a.mean():.4f}, "
+                     f"true poses given {b.mean():.4f} (median ratio given/predicted {np.median(b / a):.3f}; "
+                     f"lower with given poses in {int((b < a).sum())} of {len(ab)} scenes)")
+    return "\n".join(lines)
+
+
 def main(argv: Sequence[str] | None = None) -> list[dict]:
     """``python -m flare_nb.evaluate``: evaluate a registered method on held-out synthetic
     scenes and print the markdown table; returns the rows."""
@@ -492,6 +532,9 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
                    help="also score the blind pose priors (straight, constant, per_view) on the same scenes")
     p.add_argument("--per-scene", action="store_true", help="also print one line per scene")
     p.add_argument("--json", default=None, help="write the rows to this JSON file")
+    p.add_argument("--given-poses", action="store_true",
+                   help="flare only: run every scene twice, with predicted and with the true camera poses given "
+                        "(the release's known-pose mode), and compare the global pointmaps' chamfer distance")
     a = p.parse_args(argv)
     if a.method not in METHODS:
         p.error(f"unknown method {a.method!r}; registered: {', '.join(sorted(METHODS))}")
@@ -499,21 +542,35 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
         predict_fn = METHODS[a.method](**_parse_opts(a.opt))
     except (TypeError, ValueError) as e:
         p.error(f"cannot build method {a.method!r} with options {a.opt}: {e}")
+    if a.given_poses and a.method != "flare":
+        p.error(f"--given-poses works with --method flare only, got {a.method!r}")
     methods = [(a.method, predict_fn)]
     if a.priors:
         methods += [(k, METHODS[k](orbit_arc=a.orbit_arc)) for k in ("straight", "constant", "per_view")
                     if k != a.method]
     rows = []
     try:
+        seeds = held_out_seeds(a.scenes, a.first_seed)
         for name, fn in methods:
-            rows += evaluate_on_synthetic(fn, held_out_seeds(a.scenes, a.first_seed), a.n_views,
-                                          tuple(a.size), a.mode, method=name, orbit_arc=a.orbit_arc)
+            rows += evaluate_on_synthetic(fn, seeds, a.n_views, tuple(a.size), a.mode, method=name,
+                                          orbit_arc=a.orbit_arc)
+        given_rows = []
+        if a.given_poses:
+            given_fn = flare_method(**{**_parse_opts(a.opt), "model": predict_fn.model, "given_poses": True})
+            given_rows = evaluate_on_synthetic(given_fn, seeds, a.n_views, tuple(a.size), a.mode,
+                                               method=f"{a.method} (true poses given)", give_poses=True,
+                                               orbit_arc=a.orbit_arc)
     except ValueError as e:
         p.error(str(e))
+    pred_rows, rows = [r for r in rows if r["method"] == a.method], rows + given_rows
     if a.per_scene:
         print(format_table(rows, group_by=(*GROUP_KEYS, "seed")))
         print()
     print(format_table(rows))
+    if a.given_poses:
+        print()
+        print(f"weights: {getattr(predict_fn, 'weights_label', '')}")
+        print(given_pose_comparison(pred_rows, given_rows))
     if a.json:
         with open(a.json, "w") as f:
             json.dump(rows, f, indent=1)

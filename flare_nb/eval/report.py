@@ -4,7 +4,8 @@ Two tables, built from :mod:`flare_nb.eval.evaluate`:
 
 * held-out synthetic scenes (seeds >= 1 000 000), 2, 4 and 8 views, orbit and forward modes:
   FLARE's three kinds of cameras (``flare/stage1`` coarse pose head, ``flare/stage2`` refined
-  pose head, ``flare/pnp`` PnP on the global pointmaps) and ``colmap``;
+  pose head, ``flare/pnp`` PnP on the global pointmaps), ``colmap`` and the blind pose priors
+  ``prior/*`` (:mod:`flare_nb.eval.priors`);
 * the real sample scenes with ground-truth cameras (``fountain-P11``, ``flare_gt_cam``),
   same methods.
 
@@ -27,6 +28,7 @@ from flare_nb.eval.evaluate import (POSE_SOURCES, colmap_method,
                                     evaluate_on_synthetic, evaluate_scene,
                                     flare_method, format_table, held_out_seeds,
                                     load_flare_for_eval)
+from flare_nb.eval.priors import PRIORS, prior_method
 from flare_nb.scenes.scene import load_scene
 
 __all__ = ["REAL_SCENES", "build_methods", "synthetic_rows", "real_rows", "load_real_scene", "report_markdown",
@@ -38,10 +40,13 @@ REAL_GROUP = ("method", "scene", "n_views", "size")
 
 
 def build_methods(checkpoint: str = "", sources: Sequence[str] = POSE_SOURCES, colmap: bool = True,
-                  device: str = "cpu", pnp_iterations: int = 1000, model=None) -> dict[str, Callable]:
+                  device: str = "cpu", pnp_iterations: int = 1000, model=None, priors: bool = True,
+                  orbit_arc=None) -> dict[str, Callable]:
     """``{"flare/<source>": predict_fn, ..., "colmap": predict_fn}``: one FLARE model (loaded once
     with :func:`flare_nb.eval.evaluate.load_flare_for_eval` unless ``model`` is given) scored with each
-    pose source of ``sources``, plus the COLMAP baseline. The FLARE functions carry
+    pose source of ``sources``, plus the COLMAP baseline and (``priors``) the blind pose priors
+    ``prior/straight``, ``prior/constant``, ``prior/per_view`` (:mod:`flare_nb.eval.priors`, fitted on
+    synthetic training cameras; scored on synthetic scenes only). The FLARE functions carry
     ``.weights_label``."""
     bad = [s for s in sources if s not in POSE_SOURCES]
     if bad:
@@ -52,11 +57,14 @@ def build_methods(checkpoint: str = "", sources: Sequence[str] = POSE_SOURCES, c
            for s in sources}
     if colmap:
         out["colmap"] = colmap_method()
+    if priors:
+        out.update({f"prior/{k}": prior_method(k, orbit_arc=orbit_arc) for k in PRIORS})
     return out
 
 
 def synthetic_rows(methods: dict, n_views: Sequence[int] = (2, 4, 8), modes: Sequence[str] = ("orbit", "forward"),
-                   scenes: int = 8, size=(128, 128), progress: Callable[[str], None] | None = None) -> list[dict]:
+                   scenes: int = 8, size=(128, 128), progress: Callable[[str], None] | None = None,
+                   orbit_arc=None) -> list[dict]:
     """Rows of :func:`flare_nb.eval.evaluate.evaluate_on_synthetic` for every method x view count x
     mode, on the first ``scenes`` held-out seeds (the same scenes for every method)."""
     rows = []
@@ -64,7 +72,7 @@ def synthetic_rows(methods: dict, n_views: Sequence[int] = (2, 4, 8), modes: Seq
     for nv in n_views:
         for name, fn in methods.items():
             t0 = time.perf_counter()
-            r = evaluate_on_synthetic(fn, seeds, nv, tuple(size), list(modes), method=name)
+            r = evaluate_on_synthetic(fn, seeds, nv, tuple(size), list(modes), method=name, orbit_arc=orbit_arc)
             rows += r
             if progress is not None:
                 progress(f"{name:>12s}  {nv} views  {len(r)} scenes  {time.perf_counter() - t0:.1f} s")
@@ -90,6 +98,8 @@ def real_rows(methods: dict, names: Sequence[str] = REAL_SCENES, size=(256, 192)
     for name in names:
         scene = load_real_scene(name, size, max_views)
         for mname, fn in methods.items():
+            if mname.startswith("prior/") and mname != "prior/straight":
+                continue                     # fitted on synthetic trajectories: no prior for a real scene
             r = evaluate_scene(fn, scene, mname)
             r["scene"] = name
             rows.append(r)
@@ -119,14 +129,18 @@ def main(argv: Sequence[str] | None = None) -> str:
     p.add_argument("--real-size", type=int, nargs=2, default=[256, 192], metavar=("W", "H"))
     p.add_argument("--real-views", type=int, default=8)
     p.add_argument("--no-colmap", action="store_true")
+    p.add_argument("--no-priors", action="store_true", help="leave out the blind pose priors")
+    p.add_argument("--orbit-arc", type=float, nargs=2, default=None, metavar=("LO", "HI"),
+                   help="orbit spread in degrees (default: the generator's 40 200)")
     p.add_argument("--pnp-iterations", type=int, default=1000)
     p.add_argument("--out", default=None, help="write the markdown report here")
     p.add_argument("--json", default=None, help="write all rows here")
     a = p.parse_args(argv)
     t0 = time.perf_counter()
-    methods = build_methods(a.checkpoint, colmap=not a.no_colmap, pnp_iterations=a.pnp_iterations)
+    methods = build_methods(a.checkpoint, colmap=not a.no_colmap, pnp_iterations=a.pnp_iterations,
+                            priors=not a.no_priors, orbit_arc=a.orbit_arc)
     label = next((getattr(f, "weights_label", "") for f in methods.values() if hasattr(f, "weights_label")), "")
-    syn = synthetic_rows(methods, a.n_views, a.modes, a.scenes, a.size, progress=print)
+    syn = synthetic_rows(methods, a.n_views, a.modes, a.scenes, a.size, progress=print, orbit_arc=a.orbit_arc)
     real = real_rows(methods, REAL_SCENES, a.real_size, a.real_views, progress=print)
     cmd = "python -m flare_nb.eval_report " + " ".join(argv if argv is not None else __import__("sys").argv[1:])
     notes = [f"command: `{cmd.strip()}`", f"weights: {label}",
@@ -134,7 +148,11 @@ def main(argv: Sequence[str] | None = None) -> str:
              f"real: up to {a.real_views} evenly spread views at {a.real_size[0]}x{a.real_size[1]} (WxH)",
              "flare/stage1 = coarse pose head, flare/stage2 = refined pose head, flare/pnp = PnP (SQPnP, "
              f"{a.pnp_iterations} RANSAC iterations) on the global pointmaps with the focal estimated from view 0",
-             "RRA/RTA in % of view pairs under the threshold (degrees), AUC@30 in [0, 1]; unregistered views "
+             "prior/* = blind pose priors that never look at the images (straight ahead; one pose for every "
+             "source view; one pose per view index; the last two fitted on 512 synthetic training trajectories "
+             "of the mode): a model has learned only where it beats all three",
+             "RRA/RTA in % of view pairs under the threshold (degrees), AUC@30 in [0, 1], pose_L1 the pose "
+             "loss's L1 (relative to view 0, mean-norm translations; 0 is perfect); unregistered views "
              "count as failed pairs; chamfer: Sim(3)-aligned global pointmaps vs. ground truth (scene units)",
              f"CPU, {platform.processor() or platform.machine()}; total {time.perf_counter() - t0:.0f} s"]
     md = report_markdown(syn, real, "FLARE evaluation", notes)

@@ -76,21 +76,60 @@ def read_state_dict(path) -> dict[str, torch.Tensor]:
     suffix = path.suffix.lower()
     if suffix == ".safetensors":
         from safetensors.torch import load_file
-        return load_file(str(path))
+        try:
+            return load_file(str(path))
+        except Exception as e:  # noqa: BLE001 - safetensors' errors name no file
+            raise CheckpointError(f"{path} is not a valid .safetensors file ({_first_words(e)}); copy or "
+                                  "download it again") from None
     if suffix not in (".pth", ".pt", ".bin"):
         raise ValueError(f"unknown checkpoint format {suffix!r} ({path}); expected .pth, .pt or .safetensors")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except RuntimeError as e:  # legacy (non-zip) files cannot be memory-mapped
-        if "mmap" not in str(e):
-            raise
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+    obj = _torch_load_tensors(path)
     if isinstance(obj, dict) and "model" in obj and isinstance(obj["model"], dict):
         obj = obj["model"]
     if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         top = list(obj)[:5] if isinstance(obj, dict) else type(obj).__name__
         raise CheckpointError(f"{path}: expected a state dict or {{'model': state_dict}} of tensors, got {top}")
     return obj
+
+
+def _first_words(e: BaseException, n: int = 12) -> str:
+    words = str(e).split()
+    return " ".join(words[:n]) + (" ..." if len(words) > n else "") if words else type(e).__name__
+
+
+def _torch_load_tensors(path: Path):
+    """``torch.load(weights_only=True)`` with one clear ``CheckpointError`` per way a file can be
+    refused (never advising to load it unsafely); torch's own warnings are not shown."""
+    import pickle
+    import warnings
+    import zipfile
+
+    with open(path, "rb") as f:
+        head = f.read(8)
+    is_zip = zipfile.is_zipfile(path)
+    if not is_zip and not head.startswith(b"\x80"):
+        raise CheckpointError(f"{path} is not a PyTorch checkpoint (neither a zip archive nor a pickle: "
+                              "random or other data); expected a .pth/.pt state dict or a .safetensors file")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            try:
+                return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            except RuntimeError as e:  # legacy (non-zip) files cannot be memory-mapped
+                if "mmap" not in str(e):
+                    raise
+                return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        if "weights only" in str(e).lower() or "weights_only" in str(e):
+            raise CheckpointError(f"{path} is refused: it holds Python objects other than tensors (code, classes "
+                                  "or a pickled program), which flare-nb never runs; use a checkpoint holding only "
+                                  "tensors (a state dict) or a .safetensors file") from None
+        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint (damaged pickle data); copy or "
+                              "download it again") from None
+    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile, KeyError) as e:
+        what = "a damaged or truncated zip archive" if is_zip else "damaged or truncated data"
+        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint ({what}: {type(e).__name__}); "
+                              "copy or download it again") from None
 
 
 def detect_kind(keys) -> str:

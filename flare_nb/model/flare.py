@@ -37,11 +37,13 @@ from flare_nb.model.gaussian_head import activate_gaussians
 from flare_nb.model.global_projector import GlobalProjectorMixin
 from flare_nb.model.nvs import (NvsMixin, camera_embed_input_baseline,
                                 intrinsics_vector)
-from flare_nb.model.pose_encoding import decode_pose_encoding
+from flare_nb.model.pose_encoding import (RIGID_TOLERANCE, check_camera_poses,
+                                         decode_pose_encoding, given_pose_encoding)
 from flare_nb.model.pose_predictor import PosePredictorMixin
 
 __all__ = ["FlareModel", "FlareOutput", "OMITTED_KEYS_PREFIXES", "NVS_OMITTED_KEYS_PREFIXES",
-           "omitted_key_prefixes", "INERT_PARAMETERS"]
+           "omitted_key_prefixes", "INERT_PARAMETERS", "check_camera_poses", "given_pose_encoding",
+           "RIGID_TOLERANCE"]
 
 #: Released state-dict keys of modules that never take part in the inference forward pass;
 #: ``FlareModel`` does not build them and the checkpoint loader reports and skips them.
@@ -91,7 +93,8 @@ class FlareOutput:
       batch axis): ``patch_embed_out``, ``enc_norm_out``, ``stage1_cam_tokens``,
       ``stage2_cam_tokens``, ``stage2_camera_embed_in``, ``stage3_camera_embed_in``,
       ``stage2_tokens_last``, ``stage3_tokens_last``, ``stage{1,2}_pose_enc``,
-      ``stage{1,2}_focal``, ``stage{1,2}_R``; NVS model also ``fxfycxcy_embed_in (B, V, 4)``,
+      ``stage{1,2}_focal``, ``stage{1,2}_R``, ``stage1_coarse_tokens (B, V, Nc, enc_dim)``; NVS
+      model also ``fxfycxcy_embed_in (B, V, 4)``,
       ``enc_stage2_norm_out (B, V, N, enc_dim)``, ``desc (B, V, H, W, desc_dim + 1)`` and
       ``cnn_detail (B, V, H, W, cnn_detail_dim)`` (full resolution, channels last).
     * NVS model only (None otherwise; ``pts3d_cam`` / ``conf_cam`` are None there):
@@ -206,7 +209,7 @@ class FlareModel(EncoderMixin, PosePredictorMixin, CameraCentricMixin, GlobalPro
 
     # ------------------------------------------------------------------ forward
     def forward(self, images, pose_teacher: dict | None = None, local_features: bool = False,
-                pose_noise=None, intrinsics=None) -> FlareOutput:
+                pose_noise=None, intrinsics=None, camera_poses=None) -> FlareOutput:
         """Run the cascade.
 
         Args:
@@ -223,21 +226,37 @@ class FlareModel(EncoderMixin, PosePredictorMixin, CameraCentricMixin, GlobalPro
             intrinsics: NVS model only (required there, ignored by the geometry model, as by
                 the release): ``(B, V, 4)`` ``[fx, fy, cx, cy]`` in pixels of ``images`` (or
                 ``(B, V, 3, 3)`` matrices K). Embedded as ``/ cfg.intrinsics_scale`` (2000).
+            camera_poses: geometry model only: known camera-to-world poses ``(B, V, 4, 4)`` (or
+                ``(V, 4, 4)`` for B = 1), any world frame and scale, OpenCV axes, the release's
+                known-pose mode (``wpose=True``): their ``given_pose_encoding`` replaces the
+                predicted pose in the camera embeddings of stages 2 and 3. Both pose heads still
+                run and are returned, but nothing downstream uses them; the pointmaps stay in
+                view 0's camera frame at the model's own scale. Checked by ``check_camera_poses``.
         """
         images = self.check_images(images)
         B, V, _, H, W = images.shape
         cfg = self.cfg
         nvs = cfg.kind == "nvs"
         fxfycxcy = intrinsics_vector(intrinsics, B, V).to(images.device) if nvs else None
+        given = None
+        if camera_poses is not None:
+            if nvs or not cfg.pose_conditioning or pose_noise is not None:
+                raise ValueError("camera_poses (known poses) work with the geometry model only, with pose "
+                                 "conditioning on and without pose_noise")
+            given = given_pose_encoding(check_camera_poses(camera_poses, B, V)).to(images.device)
         enc = self.encode(images.reshape(B * V, 3, H, W), keep_states=set(cfg.inject_enc_states))
         s1 = self.predict_coarse_pose(enc["tokens"], enc["grid"], B, V, self._teacher(pose_teacher, "stage1"))
         pose2 = s1["pose_enc"][-1] if pose_noise is None else pose_noise(s1["pose_enc"][-1].detach(), 2)
         if not cfg.pose_conditioning:       # ablation (notebook 06): a constant, pose-free camera embedding
             pose2 = _identity_pose_encoding(pose2)
+        if given is not None:
+            pose2 = given
         s2 = self.camera_centric(enc, B, V, (H, W), pose2, self._teacher(pose_teacher, "stage2"), local_features)
         pose3 = s2["pose_enc"][-1] if pose_noise is None else pose_noise(s2["pose_enc"][-1].detach(), 3)
         if not cfg.pose_conditioning:
             pose3 = _identity_pose_encoding(pose3)
+        if given is not None:
+            pose3 = given
         if nvs:  # second image path, intrinsics, baseline-normalised pose (flare_nb.model.nvs)
             st2 = self.encode_stage2(images.reshape(B * V, 3, H, W))
             fx_in = fxfycxcy / cfg.intrinsics_scale
@@ -251,6 +270,7 @@ class FlareModel(EncoderMixin, PosePredictorMixin, CameraCentricMixin, GlobalPro
         inter = {
             "patch_embed_out": enc["patch"].reshape(B, V, N, -1),
             "enc_norm_out": enc["tokens"].reshape(B, V, N, -1),
+            "stage1_coarse_tokens": s1["coarse_tokens"],
             "stage1_cam_tokens": s1["cam_tokens"],
             "stage2_cam_tokens": s2["cam_tokens"],
             "stage2_camera_embed_in": s2["camera_embed_in"],

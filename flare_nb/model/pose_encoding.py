@@ -30,7 +30,8 @@ from flare_nb.cameras import (euler_to_matrix, matrix_to_quat,
                               quat_to_matrix, relative_to_view0)
 
 __all__ = ["quaternion_to_rotation", "decode_pose_encoding", "decode_c2w", "encode_c2w", "move_camera",
-           "move_camera_in_encoding", "perturb_poses", "perturb_pose_encoding"]
+           "move_camera_in_encoding", "perturb_poses", "perturb_pose_encoding", "check_camera_poses",
+           "given_pose_encoding", "RIGID_TOLERANCE"]
 
 
 # ----------------------------------------------------------------------------- read
@@ -89,6 +90,59 @@ def encode_c2w(c2w: torch.Tensor, focal_logits: torch.Tensor | None = None) -> t
     f = (torch.zeros(*q.shape[:-1], 2, dtype=q.dtype) if focal_logits is None
          else focal_logits.detach().to("cpu", torch.float64).expand(*q.shape[:-1], 2))
     return torch.cat((rel[..., :3, 3], q, f), dim=-1)
+
+
+# ----------------------------------------------------------------------------- given poses
+#: largest accepted deviation of a given pose's rotation block from a rotation (max |R^T R - I|,
+#: |det R - 1|) and of its last row from (0, 0, 0, 1): float32 round trips stay far below it
+RIGID_TOLERANCE = 1e-3
+
+
+def check_camera_poses(camera_poses, B: int, V: int) -> torch.Tensor:
+    """Validate given camera-to-world poses for ``B`` scenes of ``V`` views and return them as
+    a float64 ``(B, V, 4, 4)`` tensor. Accepts ``(V, 4, 4)`` when ``B == 1``. Raises ValueError
+    (one line naming the problem) for a wrong shape or view count, non-finite values, and
+    matrices that are not rigid (rotation block not orthonormal with det +1, last row not
+    ``(0, 0, 0, 1)``)."""
+    P = torch.as_tensor(camera_poses).detach().to("cpu", torch.float64)
+    if P.ndim == 3 and B == 1:
+        P = P[None]
+    if P.ndim != 4 or tuple(P.shape[-2:]) != (4, 4):
+        raise ValueError(f"camera_poses must be camera-to-world matrices (V, 4, 4) or (B, V, 4, 4), "
+                         f"got shape {tuple(P.shape)}")
+    if P.shape[0] != B or P.shape[1] != V:
+        raise ValueError(f"camera_poses has {P.shape[1]} poses for {P.shape[0]} scene(s), but there are "
+                         f"{V} views in {B} scene(s): give exactly one camera-to-world matrix per view")
+    if not torch.isfinite(P).all():
+        raise ValueError("camera_poses contains NaN or infinite values")
+    R = P[..., :3, :3]
+    eye = torch.eye(3, dtype=P.dtype)
+    ortho = (R.transpose(-1, -2) @ R - eye).abs().amax(dim=(-1, -2))
+    det = torch.linalg.det(R)
+    row = (P[..., 3, :] - P.new_tensor([0.0, 0.0, 0.0, 1.0])).abs().amax(dim=-1)
+    bad = (ortho > RIGID_TOLERANCE) | ((det - 1).abs() > RIGID_TOLERANCE) | (row > RIGID_TOLERANCE)
+    if bad.any():
+        b, v = (int(i) for i in bad.nonzero()[0])
+        raise ValueError(f"camera_poses[{v}] (scene {b}) is not a rigid camera-to-world matrix: "
+                         f"max |R^T R - I| = {float(ortho[b, v]):.2g}, det R = {float(det[b, v]):.4g}, "
+                         f"last row {P[b, v, 3].tolist()} (need a rotation with det +1, a translation and "
+                         f"last row 0 0 0 1; scaled, sheared or mirrored matrices are refused)")
+    return P
+
+
+def given_pose_encoding(camera_poses: torch.Tensor) -> torch.Tensor:
+    """Pose encodings ``(B, V, 9)`` float32 ``[T, q (w x y z), 0, 0]`` of given camera-to-world
+    poses ``(B, V, 4, 4)``, as the release's known-pose mode (``wpose=True``) derives them:
+    in float64, ``P_i = inverse(c2w_0) @ c2w_i`` (pose of camera i in view 0's camera frame,
+    no axis change), ``q`` = unit quaternion of its rotation with ``w >= 0``, ``T`` = its
+    translation; then float32. ``camera_embed_input`` turns them into ``[q, T / s]`` with
+    ``s`` = mean ``|T_i|`` + 1e-8 exactly as for predicted poses, so one rigid motion of all
+    poses, or one scale factor on all translations, does not change what the model sees.
+    The focal logits are 0 (unused by the embedding)."""
+    rel = relative_to_view0(camera_poses.to(torch.float64))
+    q = matrix_to_quat(rel[..., :3, :3])
+    T = rel[..., :3, 3]
+    return torch.cat((T, q, torch.zeros_like(T[..., :2])), dim=-1).float()
 
 
 # ----------------------------------------------------------------------------- move one camera

@@ -2,8 +2,8 @@
 
 Stage 1 (``PosePredictorMixin``) works on *coarse* tokens: a ``coarse_stride`` x
 ``coarse_stride`` stride-``coarse_stride`` conv (``patch_embed_coarse2``) over the encoder's
-token grid + ``enc_norm_coarse`` (1/64 of the image in the released model; portrait images
-are transposed first, as the released code does), ``decoder_embed`` to the decoder width,
+token grid + ``enc_norm_coarse`` (1/64 of the image in the released model; for portrait
+views the grid is built as the release builds it, ``release_coarse_grid``), ``decoder_embed`` to the decoder width,
 then an asymmetric decoder: view 0 (``dec_blocks``) self-attends and cross-attends to all
 other views' tokens; the other views (``dec_blocks2``) self-attend as one sequence and
 cross-attend to view 0. Two learnable camera tokens (``pose_token_ref`` for view 0,
@@ -31,7 +31,7 @@ from flare_nb.model.encoder import PatchEmbed
 from flare_nb.model.rope import grid_positions
 
 __all__ = ["harmonic_embedding", "PoseHead",
-           "PosePredictorMixin", "camera_step"]
+           "PosePredictorMixin", "camera_step", "release_coarse_grid", "natural_coarse_grid"]
 
 
 def harmonic_embedding(x: torch.Tensor, n_freq: int) -> torch.Tensor:
@@ -118,6 +118,39 @@ class PoseHead(nn.Module):
         return torch.stack(out)
 
 
+def natural_coarse_grid(enc_tokens: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """The geometric token grid ``(BV, C, h, w)`` of ``enc_tokens (BV, h*w, C)`` (row-major):
+    cell ``[i, j]`` is the token of image row ``i``, column ``j``. Stage 1 of the release uses
+    this for landscape and square views only (:func:`release_coarse_grid`)."""
+    h, w = grid
+    BV, N, C = enc_tokens.shape
+    if N != h * w:
+        raise ValueError(f"{N} tokens do not fill a {h}x{w} grid")
+    return enc_tokens.transpose(1, 2).reshape(BV, C, h, w)
+
+
+def release_coarse_grid(enc_tokens: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """The grid ``(BV, C, h, w)`` that the released stage 1 convolves (``patch_embed_coarse2``)
+    for tokens ``enc_tokens (BV, h*w, C)`` of an ``h x w`` token grid (row-major).
+
+    Landscape or square (``h <= w``): the geometric grid (:func:`natural_coarse_grid`).
+    Portrait (``h > w``): the release stores a portrait view with its axes swapped (landscape,
+    ``w x h`` tokens) and takes the coarse grid's shape from that stored tensor, while the
+    encoder's tokens are in portrait row-major order. It reads the flat token list as a
+    ``w x h`` grid and swaps its axes, so cell ``[i, j]`` holds ``token[h * j + i]`` instead of
+    the geometric ``token[w * i + j]``: a reinterpretation of the list, not a transpose of
+    the image. The released weights were trained with this grid, so ``FlareModel`` uses it
+    (``parity_geometry_portrait.npz`` checks it; notebook 01 shows the difference).
+    """
+    h, w = grid
+    if h <= w:
+        return natural_coarse_grid(enc_tokens, grid)
+    BV, N, C = enc_tokens.shape
+    if N != h * w:
+        raise ValueError(f"{N} tokens do not fill a {h}x{w} grid")
+    return enc_tokens.transpose(1, 2).reshape(BV, C, w, h).transpose(-1, -2)
+
+
 def make_pose_head(cfg) -> PoseHead:
     return PoseHead(cfg.dec_dim, cfg.pose_heads, cfg.pose_trunk_depth, cfg.pose_mlp_ratio, cfg.pose_dim,
                     cfg.pose_harmonics, cfg.pose_branch_ratio, cfg.pose_iters, cfg.norm_eps,
@@ -148,19 +181,17 @@ class PosePredictorMixin:
 
     def coarse_tokens(self, enc_tokens: torch.Tensor, grid: tuple[int, int]):
         """``enc_tokens (BV, h*w, enc_dim)`` -> coarse tokens ``(BV, Nc, enc_dim)`` after
-        ``enc_norm_coarse`` and their positions ``(Nc, 2)``. A portrait grid (h > w) is
-        transposed first, as in the released code."""
-        h, w = grid
-        x = enc_tokens.transpose(1, 2).reshape(enc_tokens.shape[0], -1, h, w)
-        if h > w:
-            x = x.transpose(-1, -2)
-        x = self.patch_embed_coarse2.proj(x)
+        ``enc_norm_coarse`` and their positions ``(Nc, 2)``. The input grid of the 4x4 conv is
+        built as the released model builds it (:func:`release_coarse_grid`; portrait views
+        differ from the geometric grid, notebook 01)."""
+        x = self.patch_embed_coarse2.proj(release_coarse_grid(enc_tokens, grid))
         pos = grid_positions(x.shape[-2], x.shape[-1], x.device)
         return self.enc_norm_coarse(x.flatten(2).transpose(1, 2)), pos
 
     def predict_coarse_pose(self, enc_tokens, grid, B: int, V: int, teacher=None) -> dict:
         """Stage 1. ``enc_tokens (B*V, N, enc_dim)`` -> ``cam_tokens (B, V, D)`` (after
-        ``dec_cam_norm``) and ``pose_enc (iters, B, V, 9)``."""
+        ``dec_cam_norm``), ``pose_enc (iters, B, V, 9)`` and ``coarse_tokens (B, V, Nc,
+        enc_dim)`` (after ``enc_norm_coarse``)."""
         xc, pos = self.coarse_tokens(enc_tokens, grid)
         f = self.decoder_embed(xc)
         Nc, D = f.shape[1], f.shape[2]
@@ -179,4 +210,4 @@ class PosePredictorMixin:
             cam, tok = camera_step(self.cam_cond_encoder[i], embed, cam, tok)
             f1, f2 = tok[:, 0], tok[:, 1:].reshape(B, (V - 1) * Nc, D)
         cam = self.dec_cam_norm(cam)
-        return {"cam_tokens": cam, "pose_enc": self.pose_head(cam, teacher)}
+        return {"cam_tokens": cam, "pose_enc": self.pose_head(cam, teacher), "coarse_tokens": xc.reshape(B, V, Nc, -1)}

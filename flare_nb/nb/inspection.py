@@ -25,8 +25,8 @@ def token_grids(H: int, W: int, cfg) -> dict:
     """Token grid sizes of an ``H x W`` image for a ``FlareConfig``.
 
     ``tokens (h, w)`` = ``(H / patch, W / patch)`` (1/16 of the image released), ``coarse
-    (hc, wc)`` = tokens / ``coarse_stride`` (1/64 released) as the image is oriented (stage 1
-    transposes a portrait grid internally; the counts do not change). ValueError if H or W is
+    (hc, wc)`` = tokens / ``coarse_stride`` (1/64 released) as the image is oriented (for portrait
+    views the release fills this grid in its own order, ``release_coarse_grid``). ValueError if H or W is
     not a positive multiple of ``cfg.multiple``. Notebook 01.
     """
     m = cfg.multiple
@@ -113,8 +113,9 @@ def camera_attention(model, images01: torch.Tensor, stage: int = 1, layer: int =
     decoder layer (-1 = last). A hook records the block's normalised input ``[cam; tokens]``;
     the weights are recomputed from it with ``need_weights=True``. Returns
     ``{"weights": (V, heads, gh, gw), "self": (V, heads) weight on the camera token itself,
-    "grid": (gh, gw)}``, grid in image orientation; every row (self + image tokens) sums to 1.
-    Notebook 01.
+    "grid": (gh, gw)}``, grid in image orientation (stage 1 of a portrait view: the release's
+    coarse cells, which do not tile the image, ``release_coarse_grid``); every row (self + image
+    tokens) sums to 1. Notebook 01.
     """
 
     if stage not in _CAMERA_BLOCKS:
@@ -139,14 +140,9 @@ def camera_attention(model, images01: torch.Tensor, stage: int = 1, layer: int =
     V, _, H, W = images01.shape
     cfg = model.cfg
     h, wd = H // cfg.patch_size, W // cfg.patch_size
-    if stage == 1:
-        h, wd = h // cfg.coarse_stride, wd // cfg.coarse_stride
-        grid = (wd, h) if h > wd else (h, wd)                  # stage 1 transposes portrait grids
-    else:
-        grid = (h, wd)
-    maps = w[:, :, 1:].reshape(V, w.shape[1], *grid).float().cpu()
-    if stage == 1 and h > wd:
-        maps = maps.transpose(-1, -2)
+    if stage == 1:      # the release's coarse grid (release_coarse_grid): h x w cells, but for portrait
+        h, wd = h // cfg.coarse_stride, wd // cfg.coarse_stride   # views a cell is not one image region
+    maps = w[:, :, 1:].reshape(V, w.shape[1], h, wd).float().cpu()
     return {"weights": maps, "self": w[:, :, 0].float().cpu(), "grid": (h, wd)}
 
 

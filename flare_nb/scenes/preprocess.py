@@ -32,11 +32,19 @@ Shapes: images ``(V, 3, H, W)`` float32; ``K`` ``(V, 3, 3)`` float32, OpenCV pix
 from __future__ import annotations
 
 import math
+import warnings
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
+
+if TYPE_CHECKING:  # annotations only
+    import torch
+
+# torch is imported where tensors are made, so that checking sizes and decoding photos (the
+# flare-nb command's checks before any work) does not wait for it
 
 try:  # optional: HEIC/HEIF photos straight from a phone
     from pillow_heif import register_heif_opener
@@ -58,7 +66,9 @@ def load_image(path) -> Image.Image:
     Grayscale, RGBA/LA (alpha dropped), palette, CMYK and 16-bit images are converted to 8-bit
     RGB (16-bit values are scaled by 255/65535, not clipped). Raises ``FileNotFoundError`` for
     a missing file and ``ValueError`` naming the file for one that is not a readable image
-    (corrupt, truncated, another format, or HEIC without ``pillow-heif``).
+    (corrupt, truncated, another format, HEIC without ``pillow-heif``, or more pixels than PIL's
+    decompression-bomb limit, ``2 * Image.MAX_IMAGE_PIXELS``). PIL's warning for images above
+    ``Image.MAX_IMAGE_PIXELS`` is silenced: callers report big photos themselves.
     """
     path = Path(path)
     if not path.exists():
@@ -69,14 +79,31 @@ def load_image(path) -> Image.Image:
         raise ValueError(f"{path} is a HEIC/HEIF photo; install pillow-heif "
                          "(`pip install pillow-heif`) to read it, or convert it to JPEG/PNG")
     try:
-        with Image.open(path) as im:
-            im.load()  # decode now, so truncated / corrupt data fails here
-            im = ImageOps.exif_transpose(im)
-            return _to_rgb8(im)
+        with warnings.catch_warnings():           # PIL's size warning: the caller reports big photos
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                im.load()  # decode now, so truncated / corrupt data fails here
+                im = ImageOps.exif_transpose(im)
+                return _to_rgb8(im)
+    except Image.DecompressionBombError:
+        w, h = _stored_size(path)
+        raise ValueError(f"{path} is {w}x{h} ({w * h / 1e6:.0f} megapixels), more than the "
+                         f"{2 * Image.MAX_IMAGE_PIXELS / 1e6:.0f} megapixels PIL decodes; downscale it "
+                         "(e.g. to 8000 px on the long side)") from None
     except UnidentifiedImageError as e:
         raise ValueError(f"{path} is not an image PIL can read (expected JPEG, PNG, ...): {e}") from None
     except (OSError, SyntaxError) as e:
         raise ValueError(f"{path} could not be decoded (corrupt or truncated image file?): {e}") from None
+
+
+def _stored_size(path) -> tuple[int, int]:
+    """Width and height as stored in the file header (no decoding, no size limit)."""
+    limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+    try:
+        with Image.open(path) as im:
+            return im.size
+    finally:
+        Image.MAX_IMAGE_PIXELS = limit
 
 
 def _to_rgb8(im: Image.Image) -> Image.Image:
@@ -157,6 +184,8 @@ def resize_crop(img: Image.Image, size, K=None):
     out = resized.crop((left, top, left + Wt, top + Ht))
     K_new = None
     if K is not None:
+        import torch
+
         K = np.array(K.detach().cpu().numpy() if torch.is_tensor(K) else K, dtype=np.float64)
         if K.shape != (3, 3):
             raise ValueError(f"K must be 3x3, got shape {K.shape}")
@@ -171,6 +200,8 @@ def resize_crop(img: Image.Image, size, K=None):
 # --------------------------------------------------------------------------- tensors
 def pil_to_tensor01(img: Image.Image) -> torch.Tensor:
     """8-bit RGB PIL image -> float32 ``(3, H, W)`` in [0, 1] (``u8 / 255``)."""
+    import torch
+
     a = np.asarray(img.convert("RGB"), dtype=np.uint8)
     return torch.from_numpy(a.astype(np.float32) / np.float32(255.0)).permute(2, 0, 1).contiguous()
 
@@ -188,6 +219,8 @@ def from_model_input(x: torch.Tensor) -> torch.Tensor:
 def images_to_tensor(images) -> torch.Tensor:
     """A list of same-size PIL images (or ``(H, W, 3)`` uint8 arrays) -> float32
     ``(V, 3, H, W)`` in [0, 1]. ``ValueError`` if the sizes differ."""
+    import torch
+
     ts = [pil_to_tensor01(im if isinstance(im, Image.Image) else Image.fromarray(np.asarray(im)))
           for im in images]
     if not ts:
@@ -197,6 +230,23 @@ def images_to_tensor(images) -> torch.Tensor:
         raise ValueError(f"all images must have the same size to be stacked, got (3,H,W) shapes "
                          f"{sorted(shapes)}; pass size=(W, H) to resize them")
     return torch.stack(ts)
+
+
+def check_one_orientation(names, image_wh, size) -> None:
+    """Raise ValueError (one line naming the photos) when images of sizes ``image_wh`` (W, H)
+    would get different targets from ``size`` (:func:`oriented_size`), i.e. the set mixes
+    portrait and landscape photos. The release preprocesses each view at its own orientation
+    and passes a per-view ``true_shape`` (its heads split such a batch by orientation);
+    ``flare_nb`` runs one orientation per call and does not crop one of them away silently."""
+    targets = [oriented_size(size, wh) for wh in image_wh]
+    if len(set(targets)) <= 1:
+        return
+    port = [str(n) for n, t in zip(names, targets) if t[0] < t[1]]
+    land = [str(n) for n, t in zip(names, targets) if t[0] >= t[1]]
+    raise ValueError(f"the photos mix portrait ({', '.join(port)}) and landscape ({', '.join(land)}) views; the "
+                     "released model takes each view at its own orientation (per-view true_shape), which "
+                     "flare_nb does not reproduce: reconstruct one orientation at a time, or rotate or crop the "
+                     "photos to one orientation first")
 
 
 def load_images(paths, size=None, K=None, auto_orient: bool = True):
@@ -212,6 +262,8 @@ def load_images(paths, size=None, K=None, auto_orient: bool = True):
     ``(V, 3, 3)`` or ``None``; ``info`` a list with, per view, ``path``, ``src_size`` (W, H),
     ``size`` (W, H) and, when resized, ``scale``, ``resized`` and ``crop_left_top``.
     """
+    import torch
+
     paths = [Path(p) for p in paths]
     if not paths:
         raise ValueError("load_images needs at least one image path, got none")

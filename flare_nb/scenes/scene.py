@@ -99,6 +99,24 @@ def _numbers(text: str, path: Path, what: str) -> np.ndarray:
         raise ValueError(f"{path}: cannot parse {what} (expected numbers): {e}") from None
 
 
+def _field_number(value, where: str, field: str, positive: bool = False) -> float:
+    """``value`` as a finite float (``positive``: > 0), else ValueError naming ``where`` and ``field``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise ValueError(f"{where}: '{field}' must be a number, got {type(value).__name__} {value!r}")
+    try:
+        v = float(value)
+    except ValueError:
+        raise ValueError(f"{where}: '{field}' must be a number, got {value!r}") from None
+    if not math.isfinite(v) or (positive and v <= 0):
+        raise ValueError(f"{where}: '{field}' must be a {'positive' if positive else 'finite'} number, got {value!r}")
+    return v
+
+
+def _check_K(K: np.ndarray, where: str, field: str) -> None:
+    if not (K[0, 0] > 0 and K[1, 1] > 0):
+        raise ValueError(f"{where}: '{field}' focal lengths must be positive, got fx={K[0, 0]:g} fy={K[1, 1]:g}")
+
+
 def _image_size(path: Path) -> tuple[int, int]:
     """(W, H) of an image file after its EXIF orientation, without decoding the pixels."""
     from PIL import Image
@@ -178,6 +196,8 @@ def read_mvsnet_cam(path) -> tuple[np.ndarray, np.ndarray]:
     Layout: a line ``extrinsic`` then 4 rows (WORLD-TO-CAMERA, OpenCV axes), a line ``intrinsic``
     then 3 rows (pixels), optionally a depth-range line."""
     path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"MVSNet camera file not found: {path}")
     lines = [ln.strip() for ln in path.read_text(errors="replace").splitlines()]
     out = {}
     for key, rows, cols in (("extrinsic", 4, 4), ("intrinsic", 3, 3)):
@@ -190,6 +210,9 @@ def read_mvsnet_cam(path) -> tuple[np.ndarray, np.ndarray]:
             raise ValueError(f"{path}: '{key}' must be followed by {rows} rows of {cols} finite "
                              f"numbers, got {vals.size} values")
         out[key] = vals.reshape(rows, cols)
+    _check_K(out["intrinsic"], str(path), "intrinsic")
+    if not np.allclose(out["extrinsic"][3], [0, 0, 0, 1]):
+        raise ValueError(f"{path}: 'extrinsic' last row must be 0 0 0 1, got {out['extrinsic'][3].tolist()}")
     return out["extrinsic"], out["intrinsic"]
 
 
@@ -234,11 +257,14 @@ def read_strecha_camera(path):
     its columns are the camera axes in the world), row 8 the camera centre C, row 9 ``W H`` of
     the image the K is for (3072 2048 for the original benchmark)."""
     path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"Strecha camera file not found: {path}")
     vals = _numbers(path.read_text(errors="replace"), path, "the Strecha camera")
     if vals.size != 26 or not np.isfinite(vals).all():
         raise ValueError(f"{path}: a Strecha .camera file holds 26 finite numbers (K 3x3, distortion "
                          f"3, R 3x3, centre 3, width height), got {vals.size}")
     K = vals[:9].reshape(3, 3)
+    _check_K(K, str(path), "K (numbers 1-9)")
     if np.abs(vals[9:12]).max() > 0:
         warnings.warn(f"{path}: non-zero distortion {vals[9:12].tolist()} ignored (pinhole model)",
                       stacklevel=3)
@@ -290,22 +316,43 @@ def _nerf_image(root: Path, file_path: str) -> Path:
 def _nerf_intrinsics(meta: dict, frame: dict, img_wh, where: str):
     """(K (3, 3) OpenCV centres, (w, h) the K is for) from global or per-frame NeRF keys."""
     get = lambda k: frame.get(k, meta.get(k))  # noqa: E731 - per-frame values override
+    num = lambda k: _field_number(get(k), where, k, positive=k != "cx" and k != "cy")  # noqa: E731
     w, h = get("w"), get("h")
-    w, h = (float(w), float(h)) if w is not None and h is not None else map(float, img_wh)
-    fx, fy = get("fl_x"), get("fl_y")
+    w, h = (num("w"), num("h")) if w is not None and h is not None else map(float, img_wh)
+    fx = num("fl_x") if get("fl_x") is not None else None
+    fy = num("fl_y") if get("fl_y") is not None else None
     if fx is None and get("camera_angle_x") is not None:
-        fx = 0.5 * w / math.tan(0.5 * float(get("camera_angle_x")))
+        a = num("camera_angle_x")
+        if a >= math.pi:
+            raise ValueError(f"{where}: 'camera_angle_x' is a field of view in radians, below pi; got {a:g}")
+        fx = 0.5 * w / math.tan(0.5 * a)
     if fy is None and get("camera_angle_y") is not None:
-        fy = 0.5 * h / math.tan(0.5 * float(get("camera_angle_y")))
+        a = num("camera_angle_y")
+        if a >= math.pi:
+            raise ValueError(f"{where}: 'camera_angle_y' is a field of view in radians, below pi; got {a:g}")
+        fy = 0.5 * h / math.tan(0.5 * a)
     if fx is None and fy is None:
         raise ValueError(f"{where}: no focal length (expected 'fl_x'/'fl_y' or 'camera_angle_x')")
     fx = float(fx if fx is not None else fy)
     fy = float(fy if fy is not None else fx)
     # instant-ngp / nerfstudio put the top-left pixel centre at (0.5, 0.5): shift to OpenCV
-    cx = float(get("cx")) if get("cx") is not None else w / 2
-    cy = float(get("cy")) if get("cy") is not None else h / 2
+    cx = num("cx") if get("cx") is not None else w / 2
+    cy = num("cy") if get("cy") is not None else h / 2
     K = np.array([[fx, 0, cx - 0.5], [0, fy, cy - 0.5], [0, 0, 1.0]])
     return K, (w, h)
+
+
+def _matrix(value, where: str, field: str) -> np.ndarray:
+    """A rectangular list of lists of finite numbers as a float64 array, else ValueError."""
+    if (not isinstance(value, list) or not value or not all(isinstance(r, list) for r in value)
+            or len({len(r) for r in value}) != 1):
+        raise ValueError(f"{where}: '{field}' must be a list of equally long rows of numbers, got {value!r:.120}")
+    if not all(isinstance(x, (int, float)) and not isinstance(x, bool) for r in value for x in r):
+        raise ValueError(f"{where}: '{field}' must hold numbers only, got {value!r:.120}")
+    T = np.array(value, dtype=np.float64)
+    if not np.isfinite(T).all():
+        raise ValueError(f"{where}: '{field}' holds non-finite numbers (nan or inf)")
+    return T
 
 
 def load_nerf(path, size=None, max_views=None) -> Scene:
@@ -332,17 +379,22 @@ def load_nerf(path, size=None, max_views=None) -> Scene:
     root = json_path.parent
     paths, c2w, Ks, K_sizes, names, missing = [], [], [], [], [], []
     for i, fr in enumerate(meta["frames"]):
+        if not isinstance(fr, dict):
+            raise ValueError(f"{json_path}: frame {i} must be an object with 'file_path' and 'transform_matrix', "
+                             f"got {type(fr).__name__} {fr!r}")
         if "file_path" not in fr or "transform_matrix" not in fr:
             raise ValueError(f"{json_path}: frame {i} lacks 'file_path' or 'transform_matrix'")
+        if not isinstance(fr["file_path"], str) or not fr["file_path"]:
+            raise ValueError(f"{json_path}: frame {i}: 'file_path' must be a path string, got {fr['file_path']!r}")
         img = _nerf_image(root, fr["file_path"])
         if not img.exists():
             missing.append(fr["file_path"])
             continue
-        T = np.array(fr["transform_matrix"], dtype=np.float64)
+        T = _matrix(fr["transform_matrix"], f"{json_path}: frame {i} ({fr['file_path']})", "transform_matrix")
         if T.shape == (3, 4):
             T = np.vstack([T, [0, 0, 0, 1]])
         if T.shape != (4, 4):
-            raise ValueError(f"{json_path}: frame {i} ({fr['file_path']}): transform_matrix must be "
+            raise ValueError(f"{json_path}: frame {i} ({fr['file_path']}): 'transform_matrix' must be "
                              f"4x4 or 3x4, got {T.shape}")
         W, H = _image_size(img)
         K, wh = _nerf_intrinsics(meta, fr, (W, H), f"{json_path} frame {i}")
@@ -385,7 +437,16 @@ def load_colmap(model_dir, images_dir, size=None, max_views=None) -> Scene:
 
     model_dir = _folder(model_dir, "COLMAP model")
     images_dir = _folder(images_dir, "COLMAP images")
-    if not any((model_dir / f"cameras.{e}").exists() for e in ("txt", "bin")):
+    for ext in ("txt", "bin"):
+        have = [n for n in ("cameras", "images", "points3D") if (model_dir / f"{n}.{ext}").is_file()]
+        if have:
+            lost = [f"{n}.{ext}" for n in ("cameras", "images", "points3D") if n not in have]
+            if lost:
+                raise FileNotFoundError(f"{model_dir}: {', '.join(lost)} missing (found "
+                                        f"{', '.join(f'{n}.{ext}' for n in have)}); a COLMAP sparse model has "
+                                        f"cameras.{ext}, images.{ext} and points3D.{ext}")
+            break
+    else:
         raise FileNotFoundError(f"{model_dir}: no cameras.txt or cameras.bin; expected a COLMAP "
                                 "sparse model folder (cameras, images, points3D)")
     try:
@@ -402,6 +463,12 @@ def load_colmap(model_dir, images_dir, size=None, max_views=None) -> Scene:
             raise ValueError(f"{model_dir}: camera {image.camera_id} has model {model}; supported: "
                              f"{', '.join(_PINHOLE_LIKE)} (undistort fisheye images first)")
         p = np.asarray(cam.params, dtype=np.float64)
+        if not (cam.width > 0 and cam.height > 0):
+            raise ValueError(f"{model_dir}: camera {image.camera_id}: 'width'/'height' must be positive, "
+                             f"got {cam.width}x{cam.height}")
+        if not (np.isfinite(p).all() and p[_PINHOLE_LIKE[model][0]] > 0 and p[_PINHOLE_LIKE[model][1]] > 0):
+            raise ValueError(f"{model_dir}: camera {image.camera_id}: focal length 'params' must be positive "
+                             f"and finite, got {p.tolist()}")
         if model not in ("PINHOLE", "SIMPLE_PINHOLE") and np.abs(p[len(set(_PINHOLE_LIKE[model])):]).max() > 0:
             distorted.add(model)
         fx, fy, cx, cy = (p[i] for i in _PINHOLE_LIKE[model])

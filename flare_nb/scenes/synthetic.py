@@ -15,6 +15,19 @@ the CPU with open3d's Embree ``RaycastingScene`` -- all views in one call -- int
 
 The world frame has **+z up** and the ground / floor at ``z = 0``; units are metres.
 
+The camera distributions (per scene; a pose predictor must beat the blind priors of
+:mod:`flare_nb.eval.priors` on them, which know these distributions but not the images):
+
+* orbit: 2-5 objects (boxes 50 %, cylinders 20 %, spheres and tori 15 % each; aperiodic noise
+  or spots textures 80 %, checkers and stripes 20 %) on a noise- or spots-textured ground;
+  cameras on a ring at 1.25-1.7 times the objects' extent, elevation 12-40 degrees, the azimuth
+  span from the first to the last view drawn uniformly in ``orbit_arc`` (default 40-200
+  degrees; the views are evenly spread over it) with 4-degree jitter of azimuth and elevation,
+  3 degrees of roll, fov 40-55 degrees, all looking at the objects' centre;
+* forward: a room 7-11 x 4.5-7 x 2.6-3.3 m with 4-9 objects; a walk of 0.25-0.55 m per view
+  whose heading turns by up to 12 degrees per view, the camera looking up to 25 degrees off its
+  direction of motion, small jitter of yaw, pitch, roll and height, fov 55-75 degrees.
+
 Colour is a function of the 3D hit point only: each object (and each room face) gets its
 own procedural texture -- value noise, checker, stripes or spots, always mixed with noise --
 evaluated in the object's own rigid frame, then Lambertian shading from one fixed point

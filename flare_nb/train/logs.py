@@ -24,8 +24,9 @@ def read_log(path) -> list[dict]:
 
 
 def plot_curves(log_path, png_path=None):
-    """Loss curves of a run (train loss, its parts, validation loss and pose accuracy) from its
-    ``log.jsonl``; saved atomically to ``png_path`` when given. Returns the matplotlib figure."""
+    """Loss curves of a run (train loss, its parts, validation loss and pose accuracy, with the
+    blind priors' AUC@30 as horizontal lines when the log has them) from its ``log.jsonl``; saved
+    atomically to ``png_path`` when given. Returns the matplotlib figure."""
     from matplotlib.figure import \
         Figure  # no pyplot: leaves a notebook's backend alone
 
@@ -34,10 +35,10 @@ def plot_curves(log_path, png_path=None):
     va = [r for r in recs if r.get("kind") == "val"]
     fig = Figure(figsize=(11, 4))
     ax, ax2 = fig.subplots(1, 2)
-    for key, style in (("loss", "-"), ("pose", "--"), ("geometry", ":"), ("render", "-.")):
+    for key, style in (("loss", "-"), ("pose", "--"), ("geometry", ":"), ("render", "-."), ("match", (0, (1, 3)))):
         pts = [(r["step"], r[key]) for r in tr if key in r]
         if pts:
-            ax.plot(*zip(*pts), style, label=f"train {key}")
+            ax.plot(*zip(*pts), ls=style, label=f"train {key}")
     if va:
         ax.plot([r["step"] for r in va], [r["loss"] for r in va], "o-", label="val loss")
     ax.set_xlabel("step")
@@ -49,7 +50,13 @@ def plot_curves(log_path, png_path=None):
     for key in ("RRA@15", "RTA@15", "AUC@30", "psnr"):
         pts = [(r["step"], r[key] * (100 if key.startswith("AUC") else 1)) for r in va if key in r]
         if pts:
-            ax2.plot(*zip(*pts), "o-", label={"AUC@30": "AUC@30 x100", "psnr": "target PSNR dB"}.get(key, key + " %"))
+            ax2.plot(*zip(*pts), "o-", label={"AUC@30": "AUC@30 x100", "psnr": "target PSNR dB"}.get(key, key + " %"),
+                     **({"color": "C2"} if key == "AUC@30" else {}))
+    colours = {"AUC@30": "C2", "pose_L1": "C3"}
+    for r in (r for r in recs if r.get("kind") == "prior" and "AUC@30" in r):     # blind priors: the bar to beat
+        style = {"straight": ":", "constant": "--", "per_view": "-."}.get(r.get("prior"), ":")
+        ax2.axhline(100 * r["AUC@30"], color=colours["AUC@30"], ls=style, lw=1,
+                    label=f"AUC@30 x100 of the {r.get('prior')} prior")
     ax2.set_xlabel("step")
     ax2.set_ylim(0, 100)
     ax2.set_title("validation: pose accuracy" + (", novel views" if any("psnr" in r for r in va) else ""))
