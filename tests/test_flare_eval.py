@@ -142,6 +142,11 @@ def test_report_cli_writes_markdown_and_rows(tmp_path, capsys):
     import json
 
     rows = json.loads(js.read_text())
-    assert len(rows) == 3 + 3 * 2          # 3 pose sources x (1 synthetic + 2 real scenes)
-    assert {r["method"] for r in rows} == {"flare/stage1", "flare/stage2", "flare/pnp"}
+    # 3 pose sources x (1 synthetic + 2 real scenes) + 3 priors on the synthetic scene + the straight prior
+    # on the 2 real scenes (the other two are fitted on synthetic trajectories)
+    assert len(rows) == 3 * 3 + 3 + 2
+    assert {r["method"] for r in rows} == {"flare/stage1", "flare/stage2", "flare/pnp", "prior/straight",
+                                           "prior/constant", "prior/per_view"}
+    assert {r["method"] for r in rows if r.get("scene") in er.REAL_SCENES} == {
+        "flare/stage1", "flare/stage2", "flare/pnp", "prior/straight"}
     assert "weights: RANDOM" in md or "weights: trained" in md
