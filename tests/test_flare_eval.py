@@ -142,6 +142,8 @@ def test_report_cli_writes_markdown_and_rows(tmp_path, capsys):
     import json
 
     rows = json.loads(js.read_text())
-    assert len(rows) == 3 + 3 * 2          # 3 pose sources x (1 synthetic + 2 real scenes)
-    assert {r["method"] for r in rows} == {"flare/stage1", "flare/stage2", "flare/pnp"}
+    # 1 synthetic scene: 3 pose sources + 3 priors; 2 real scenes: 3 pose sources + the straight prior
+    assert len(rows) == 6 * 1 + 4 * 2
+    assert {r["method"] for r in rows} == {"flare/stage1", "flare/stage2", "flare/pnp", "prior/straight",
+                                           "prior/constant", "prior/per_view"}
     assert "weights: RANDOM" in md or "weights: trained" in md
