@@ -99,6 +99,9 @@ class PoseNoiseConfig:
     stage2_deg: float = 7.5            # max rotation of the pose fed to stage 2
     stage3_deg: float = 5.0            # ... and to stage 3
     trans_std: float = 0.05            # translation noise, times the mean translation norm
+    stage3_gt_prob: float = 0.0        # chance that a scene's pose fed to stage 3 is the ground truth
+                                       # (then perturbed as above) instead of stage 2's refined pose;
+                                       # 0 as released. Teaches stage 3 to follow its pose (notebook 04)
 
 
 @dataclass
@@ -248,6 +251,8 @@ class TrainConfig:
              "loss.pose_weight", "at least one positive loss weight")
         n = self.pose_noise
         need(0 <= n.prob <= 1, "pose_noise.prob", "a probability in [0, 1]")
+        need(isinstance(n.stage3_gt_prob, (int, float)) and not isinstance(n.stage3_gt_prob, bool)
+             and 0 <= n.stage3_gt_prob <= 1, "pose_noise.stage3_gt_prob", "a probability in [0, 1]")
         need(n.stage2_deg >= 0 and n.stage3_deg >= 0 and n.trans_std >= 0, "pose_noise.stage2_deg",
              "non-negative noise magnitudes")
         r = self.run

@@ -289,7 +289,7 @@ def _train(cfg, dataset, val_dataset, stop_at, callback, world, rank, local, res
             images = batch["images"].to(device) * 2 - 1
             kw = model_inputs(model, batch, device)
             if takes_noise:
-                hook = pose_noise_hook(cfg, step, batch["slot"])
+                hook = pose_noise_hook(cfg, step, batch["slot"], batch.get("c2w"))
                 if hook is not None:
                     kw["pose_noise"] = hook
             if cfg.loss.match_weight > 0:
