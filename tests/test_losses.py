@@ -125,3 +125,25 @@ def test_perturb_poses_bounds_and_view0_untouched():
     assert torch.equal(none, c2w)
     again = perturb_poses(c2w, prob=0.6, generator=torch.Generator().manual_seed(9))
     assert torch.equal(again, perturb_poses(c2w, prob=0.6, generator=torch.Generator().manual_seed(9)))
+
+
+@pytest.mark.parametrize("kind", ["l1", "huber"])
+def test_pose_loss_sign_invariant_forgives_the_opposite_quaternion_only(kind):
+    c2w = random_c2w(2, 4, seed=3)
+    enc = encodings_from(c2w)
+    flipped = enc.clone()
+    flipped[..., 3:7] = -flipped[..., 3:7]                      # the same rotations, the other sign
+    plain, _ = pose_loss([flipped], c2w, kind=kind)
+    inv, _ = pose_loss([flipped], c2w, kind=kind, sign_invariant=True)
+    assert plain.item() > 0.1 and inv.item() < 1e-10
+    # away from the sign ambiguity both losses agree (the nearer sign is q_gt itself)
+    near = enc.clone()
+    near[..., 3:7] += 0.01
+    a = pose_loss([near], c2w, kind=kind)[0].item()
+    b = pose_loss([near], c2w, kind=kind, sign_invariant=True)[0].item()
+    assert a == pytest.approx(b, rel=1e-12)
+    # the plain loss is the element mean of |q - q_gt| + |T - T_gt| (the released reduction)
+    T_gt, q_gt = gt_pose_targets(c2w)
+    if kind == "l1":
+        ref = 5.0 * ((near[..., 3:7] - q_gt).abs().mean() + (near[..., :3] - T_gt).abs().mean())
+        assert a == pytest.approx(ref.item(), rel=1e-12)

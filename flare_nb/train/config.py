@@ -84,6 +84,7 @@ class LossConfig:
     pose_weight: float = 5.0
     pose_gamma: float = 0.8
     pose_kind: str = "l1"              # l1 (released code) | huber (paper)
+    pose_sign_invariant: bool = False  # rotation term: min over q_gt and -q_gt (released: off)
     geometry_weight: float = 1.0       # 0 trains the poses only (scenes without depth)
     w_cam: float = 0.5
     w_global: float = 1.0
@@ -245,6 +246,7 @@ class TrainConfig:
         need(o.grad_clip is None or o.grad_clip > 0, "optim.grad_clip", "a positive number or null")
         L = self.loss
         need(L.pose_kind in ("l1", "huber"), "loss.pose_kind", "'l1' or 'huber'")
+        need(isinstance(L.pose_sign_invariant, bool), "loss.pose_sign_invariant", "true or false")
         need(L.pose_weight >= 0 and L.geometry_weight >= 0, "loss.pose_weight",
              "non-negative weights (loss.pose_weight, loss.geometry_weight)")
         need(L.pose_weight > 0 or L.geometry_weight > 0 or (self.stage == 2 and self.render.mse_weight > 0),

@@ -35,15 +35,23 @@ def gt_pose_targets(c2w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return rel[..., :3, 3], matrix_to_quat(rel[..., :3, :3])
 
 
+def _elementwise(x: torch.Tensor, y: torch.Tensor, kind: str, delta: float) -> torch.Tensor:
+    return (x - y).abs() if kind == "l1" else F.huber_loss(x, y, delta=delta, reduction="none")
+
+
 def pose_loss(pred_encodings: list[torch.Tensor], c2w_gt: torch.Tensor, gamma: float = 0.8,
-              weight: float = 5.0, kind: str = "l1", huber_delta: float = 0.1) -> tuple[torch.Tensor, dict]:
+              weight: float = 5.0, kind: str = "l1", huber_delta: float = 0.1,
+              sign_invariant: bool = False) -> tuple[torch.Tensor, dict]:
     """Pose loss over all pose-head iterations.
 
     ``pred_encodings``: list of ``(B, V, 9)`` raw encodings, in order (stage-1 iterations then
     stage-2 iterations: 8 for the released model). Iteration ``i`` of ``n`` is weighted by
     ``gamma ** (n - 1 - i)`` so the last counts most. Per iteration:
     ``weight * (mean|q - q_gt| + mean|T - T_gt|)`` (``kind="l1"``, as released) or the same
-    with a Huber penalty (``kind="huber"``, as in the paper).
+    with a Huber penalty (``kind="huber"``, as in the paper). ``sign_invariant``: the rotation
+    term of each view is the smaller of its distance to ``q_gt`` and to ``-q_gt`` (both are the same
+    rotation; the ``w >= 0`` rule makes targets near 180 degrees jump between them); the released
+    loss is not.
     Returns ``(loss, {"pose_rot": last-iteration rotation term, "pose_trans": ...})``.
     """
     if kind not in ("l1", "huber"):
@@ -56,12 +64,11 @@ def pose_loss(pred_encodings: list[torch.Tensor], c2w_gt: torch.Tensor, gamma: f
     for i, enc in enumerate(pred_encodings):
         if enc.shape[:-1] != T_gt.shape[:-1] or enc.shape[-1] < 7:
             raise ValueError(f"pose encoding {i} has shape {tuple(enc.shape)}, expected {tuple(T_gt.shape[:-1])} + (9,)")
-        if kind == "l1":
-            lt = (enc[..., :3] - T_gt).abs().mean()
-            lq = (enc[..., 3:7] - q_gt).abs().mean()
-        else:
-            lt = F.huber_loss(enc[..., :3], T_gt, delta=huber_delta)
-            lq = F.huber_loss(enc[..., 3:7], q_gt, delta=huber_delta)
+        lt = _elementwise(enc[..., :3], T_gt, kind, huber_delta).mean()
+        eq = _elementwise(enc[..., 3:7], q_gt, kind, huber_delta).sum(-1)                 # (B, V)
+        if sign_invariant:
+            eq = torch.minimum(eq, _elementwise(enc[..., 3:7], -q_gt, kind, huber_delta).sum(-1))
+        lq = eq.mean() / 4
         total = total + gamma ** (n - 1 - i) * weight * (lq + lt)
     return total, {"pose_rot": lq.detach(), "pose_trans": lt.detach()}
 

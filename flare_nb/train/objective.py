@@ -31,7 +31,8 @@ def compute_losses(out, batch: dict, cfg: TrainConfig) -> tuple[torch.Tensor, di
     parts = {}
     if L.pose_weight > 0:
         encs = list(out.pose_enc_stage1.float()) + list(out.pose_enc_stage2.float())
-        lp, pp = pose_loss(encs, c2w, gamma=L.pose_gamma, weight=L.pose_weight, kind=L.pose_kind)
+        lp, pp = pose_loss(encs, c2w, gamma=L.pose_gamma, weight=L.pose_weight, kind=L.pose_kind,
+                           sign_invariant=L.pose_sign_invariant)
         total = total + lp
         parts.update(pose=lp.detach(), **pp)
     if L.geometry_weight > 0:
