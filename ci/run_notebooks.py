@@ -17,6 +17,8 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="artifacts/notebooks")
     ap.add_argument("--only", nargs="*", help="notebook name prefixes to run (default: all)")
+    ap.add_argument("--solutions", action="store_true",
+                    help="run with SOLUTIONS=True: the exercises use the worked solutions (flare_nb.nb.solutions)")
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -30,6 +32,8 @@ def main() -> int:
     failed = []
     for nb in notebooks:
         p = {"QUICK": True, **params.get(nb.stem, {})}
+        if args.solutions:
+            p["SOLUTIONS"] = True
         t0 = time.perf_counter()
         try:
             pm.execute_notebook(str(nb), str(out / nb.name), parameters=p, cwd=str(ROOT / "notebooks"),
