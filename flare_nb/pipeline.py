@@ -896,6 +896,7 @@ class RunReport:
                      f"{'x'.join(map(str, self.src_sizes[i]))} | {sim} |")
         if self.camera_lines:
             L += ["", "## Cameras", ""] + [f"* {c}" for c in self.camera_lines]
+        L += ["", "## Confidence threshold", "", CONF_THRESHOLD_HELP.replace("Q", f"Q = {self.conf_threshold:g}", 1)]
         L += ["", "## Time per stage", "", "| stage | seconds |", "|---|---|"]
         L += [f"| {k} | {v:.3f} |" for k, v in self.timings.items()]
         if self.notes:
