@@ -64,3 +64,47 @@ def pnp_trusted(pnp_info: dict | None, min_fraction: float = MIN_INLIER_FRACTION
     """:data:`CAMERA_RULE`: True when every view's inlier fraction is at least ``min_fraction``."""
     fr = inlier_fractions(pnp_info)
     return bool(fr) and min(fr) >= min_fraction
+
+
+def pose_head_scale(c2w, pts_global, conf, K, top: float = 0.4) -> float | None:
+    """The factor that puts pose-head translations (network units, mean norm 1) into the units
+    of the global pointmaps, so that the exported cameras and points agree.
+
+    For each view ``i >= 1`` and its ``top`` most confident pixels ``(u, v)`` with global point
+    ``X``: with ``R, t`` of ``c2w[i]``, the point in the camera is ``a - s b`` (``a = R^T X``,
+    ``b = R^T t``), and projecting it onto ``(u, v)`` with ``K`` is linear in ``s``:
+    ``s ((u - cx) b_z - fx b_x) = (u - cx) a_z - fx a_x`` (and the same in ``v``). ``s`` is the
+    least-squares solution over all those equations. None when it is not positive and finite
+    (e.g. one view, or all pose-head translations zero)."""
+    import torch
+
+    V = c2w.shape[0]
+    if V < 2:
+        return None
+    K = torch.as_tensor(K, dtype=torch.float64)
+    K = K.expand(V, 3, 3) if K.ndim == 2 else K
+    num = den = 0.0
+    H, W = pts_global.shape[1:3]
+    v_, u_ = torch.meshgrid(torch.arange(H, dtype=torch.float64), torch.arange(W, dtype=torch.float64),
+                            indexing="ij")
+    for i in range(1, V):
+        X = pts_global[i].double()
+        c = conf[i].double()
+        ok = torch.isfinite(X).all(-1) & torch.isfinite(c)
+        if ok.sum() < 3:
+            continue
+        ok &= c >= torch.quantile(c[ok], 1.0 - top)
+        R, t = c2w[i, :3, :3].double(), c2w[i, :3, 3].double()
+        a = X[ok] @ R                      # R^T X for each row
+        b = R.T @ t
+        fx, fy, cx, cy = K[i, 0, 0], K[i, 1, 1], K[i, 0, 2], K[i, 1, 2]
+        du, dv = u_[ok] - cx, v_[ok] - cy
+        for d, f, k in ((du, fx, 0), (dv, fy, 1)):
+            coef = d * b[2] - f * b[k]
+            rhs = d * a[:, 2] - f * a[:, k]
+            num += float((coef * rhs).sum())
+            den += float((coef * coef).sum())
+    if den <= 0:
+        return None
+    s = num / den
+    return s if s > 0 and s == s and s != float("inf") else None

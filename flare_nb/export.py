@@ -122,9 +122,15 @@ def export_cameras(rec) -> dict:
     if rec.c2w_pnp is not None and camera_rule.pnp_trusted(rec.pnp_info):
         c2w, pose_source = rec.c2w_pnp, "pnp (FLARE demo: PnP-RANSAC on the global pointmaps)"
     elif rec.c2w_pnp is not None:
-        c2w = rec.c2w_refined
+        c2w = rec.c2w_refined.clone().double()
+        conf = getattr(rec, "conf_global", None)
+        s = None if conf is None else camera_rule.pose_head_scale(c2w, rec.pts3d_global, conf, K)
+        units = "translation in the network's units"
+        if s is not None:
+            c2w[:, :3, 3] *= s
+            units = f"translation x {s:.4g} into the pointmaps' units (least-squares reprojection)"
         pose_source = (f"refined pose head (PnP inliers in the weakest view {min(fractions):.0%} < "
-                       f"{camera_rule.MIN_INLIER_FRACTION:.0%}; translation in the network's units)")
+                       f"{camera_rule.MIN_INLIER_FRACTION:.0%}; {units})")
         notes.append(f"poses: {pose_source}")
     else:
         c2w, pose_source = rec.c2w_refined, "refined pose head (PnP not available; translation in the network's units)"

@@ -99,6 +99,28 @@ def test_known_intrinsics_follow_the_crop(tmp_path):
     assert float(ray_in[1]) == pytest.approx(float(ray_src[1]), abs=1e-4)
 
 
+def test_pose_head_scale_recovers_the_pointmap_units():
+    """Pose-head cameras whose translations are the true ones / 3: the factor is 3 up to the
+    float32 rounding of the scene's rotations (R^T is R^-1 only to ~1e-7), since the pointmaps
+    are exact."""
+    from flare_nb import cameras
+    from flare_nb.camera_rule import pose_head_scale
+
+    sc = make_scene(seed=5, n_views=3, size=(64, 64), mode="orbit")
+    c2w = torch.linalg.inv(sc.c2w[0].double()) @ sc.c2w.double()
+    depth = sc.depth.double()
+    pts = cameras.transform_points(c2w, cameras.unproject_depth(depth, sc.K.double()))
+    pts[depth <= 0] = float("nan")
+    conf = torch.ones(depth.shape, dtype=torch.float64) + torch.rand(depth.shape, generator=torch.Generator().manual_seed(0))
+    head = c2w.clone()
+    head[:, :3, 3] /= 3.0
+    assert pose_head_scale(head, pts, conf, sc.K.double()) == pytest.approx(3.0, rel=1e-6)
+    assert pose_head_scale(head[:1], pts[:1], conf[:1], sc.K.double()) is None        # one view: nothing to fit
+    flat = head.clone()
+    flat[:, :3, 3] = 0.0
+    assert pose_head_scale(flat, pts, conf, sc.K.double()) is None                  # no translation to scale
+
+
 # ----------------------------------------------------------------------------- video
 def write_video(path: Path, n_frames: int = 12, size=(64, 64), blur=()) -> Path:
     """A video of a synthetic orbit scene (one rendered view per frame); frames in ``blur`` are
