@@ -39,7 +39,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from flare_nb import cameras
+from flare_nb import camera_rule, cameras
 from flare_nb.render.ply import save_gaussians_ply, save_points_ply
 from flare_nb.render.splats import gaussians_from_pointmap, render_views
 from flare_nb.viz import plot_cameras
@@ -102,8 +102,6 @@ def export_cameras(rec) -> dict:
     fraction reaches :data:`flare_nb.camera_rule.MIN_INLIER_FRACTION`, else the refined pose
     head. Returns ``c2w (V, 4, 4)``, ``K (V, 3, 3)`` float32, ``pose_source``,
     ``focal_source``, ``inlier_fractions`` (or None) and ``notes`` (one line per fallback)."""
-    from flare_nb import camera_rule
-
     V, (H, W) = rec.n_views, rec.hw
     notes = []
     focal_source, K = "view 0's global pointmap (FLARE demo)", rec.K

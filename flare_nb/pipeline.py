@@ -48,6 +48,8 @@ from pathlib import Path
 import torch
 
 from flare_nb import camera_rule, export
+from flare_nb import video as video_module
+from flare_nb.intrinsics import parse_intrinsics_option, resolve_intrinsics
 from flare_nb.cameras import invert_pose, opengl_to_opencv
 from flare_nb.device import resolve_device
 from flare_nb.inference import load_model, reconstruct
@@ -547,13 +549,9 @@ def reconstruct_to_folder(inputs, out, checkpoint=None, config="tiny", size=None
 
     # 1. photos (or a video's frames) and the output folder, before any work
     t0 = time.perf_counter()
-    from flare_nb.intrinsics import parse_intrinsics_option
-
     parse_intrinsics_option(intrinsics)                   # a wrong count or missing file: refused now
     frames_dir, video_note = None, None
     ins = [inputs] if isinstance(inputs, (str, Path)) else list(inputs)
-    from flare_nb import video as video_module
-
     if len(ins) == 1 and video_module.is_video(ins[0]):
         import tempfile
 
@@ -603,8 +601,6 @@ def _reconstruct_paths(inputs, out, checkpoint, cfg, cfg_name, size, device, ref
                 raise ValueError(f"--poses {poses}: {e}") from None
             if cfg.kind != "geometry":
                 raise ValueError("--poses works with the geometry model only")
-        from flare_nb.intrinsics import resolve_intrinsics
-
         K_photo, intr_source, intr_notes = resolve_intrinsics(intrinsics, good, sizes)
         notes += intr_notes
         if len(good) > TRAINED_VIEWS:
