@@ -15,8 +15,8 @@ its cost:
 
 Camera rule (:data:`CAMERA_RULE`, :func:`pnp_trusted`) -- the PnP cameras are exported when
 PnP found a consensus in every view: at least :data:`MIN_INLIER_FRACTION` of each view's PnP
-points are inliers. Otherwise the refined pose-head cameras are exported (their translation in
-the network's units). ``report.md`` prints the rule and each view's inlier fraction.
+points are inliers. Otherwise the refined pose-head cameras are exported, their translation
+scaled into the pointmaps' units by :func:`pose_head_scale` (the network's units when it cannot). ``report.md`` prints the rule and each view's inlier fraction.
 """
 from __future__ import annotations
 
@@ -29,7 +29,8 @@ PNP_CONFIDENCE = 0.999
 MIN_INLIER_FRACTION = 0.2
 RELEASE_SIDE = 512             # the released model's input width, where the release uses 1 px
 CAMERA_RULE = (f"PnP cameras when at least {MIN_INLIER_FRACTION:.0%} of every view's PnP points are inliers "
-               "(PnP found a consensus in each view); otherwise the refined pose-head cameras")
+               "(PnP found a consensus in each view); otherwise the refined pose-head cameras, their translation "
+               "scaled into the pointmaps' units (pose_head_scale)")
 
 
 #: What ``--conf-threshold`` means: the same words in ``flare-nb --help``, notebook 08 and report.md.
