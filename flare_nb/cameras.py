@@ -413,7 +413,7 @@ def intrinsics_from_focal(focal: float, H: int, W: int, principal_point=None,
 
 def pnp_poses(pointmaps: torch.Tensor, conf: torch.Tensor | None, K: torch.Tensor, top: float = 0.4,
               reproj_px: float = 1.0, iterations: int = 10_000, ransac_confidence: float = 0.9999,
-              seed: int = 0, return_info: bool = False):
+              seed: int = 0, return_info: bool = False, max_points: int | None = None):
     """Camera-to-world poses ``(V, 4, 4)`` (OpenCV axes) from global pointmaps, as FLARE's demo.
 
     ``pointmaps (V, H, W, 3)`` all in one frame (view 0's, for FLARE's global head), ``conf
@@ -423,6 +423,10 @@ def pnp_poses(pointmaps: torch.Tensor, conf: torch.Tensor | None, K: torch.Tenso
     ``cv2.solvePnPRansac`` with SQPnP, a ``reproj_px`` inlier threshold, ``iterations`` and
     ``ransac_confidence`` (FLARE: 1 px, 10 000, 0.9999). PnP gives ``w2c``; we return its
     inverse. If the pointmaps are in view 0's frame, view 0 comes out ~identity.
+
+    ``max_points``: use at most this many of each view's selected pixels, evenly spaced in
+    raster order (None = all, as released); RANSAC's time grows with the points scored per
+    iteration, and a thinned, evenly spread subset keeps the geometry.
 
     OpenCV's RANSAC RNG is seeded with ``seed`` (``cv2.setRNGSeed``) for determinism. With
     ``return_info=True`` also returns ``{"n_points": [...], "n_inliers": [...]}``. ValueError
@@ -461,6 +465,11 @@ def pnp_poses(pointmaps: torch.Tensor, conf: torch.Tensor | None, K: torch.Tenso
                 thr = np.quantile(ci[np.isfinite(ci)], 1.0 - top) if np.isfinite(ci).any() else np.inf
                 valid &= ci > thr
             valid &= np.isfinite(ci)
+        if max_points is not None and int(valid.sum()) > int(max_points):
+            idx = np.flatnonzero(valid)
+            keep = idx[np.linspace(0, len(idx) - 1, int(max_points)).round().astype(np.int64)]
+            valid = np.zeros_like(valid)
+            valid.reshape(-1)[keep] = True
         n = int(valid.sum())
         if n < 6:
             raise ValueError(f"pnp_poses: view {i} has {n} usable pixels (finite point, confidence in "

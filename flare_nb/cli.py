@@ -6,7 +6,8 @@
     flare-nb reconstruct PHOTOS_OR_FOLDER --out DIR [--checkpoint PATH] [--config tiny|official_geometry]
              [--size 512x384] [--device auto] [--ref-view auto|N|NAME] [--conf-threshold Q] [--force]
 
-             [--poses transforms.json|COLMAP_MODEL]
+             [--poses transforms.json|COLMAP_MODEL] [--intrinsics fx fy cx cy | FILE | exif | estimate]
+    flare-nb reconstruct VIDEO.mp4 --out DIR [--views 8]          # sharp, evenly spread frames of a video
 
 Argument parsing only: the work is :func:`flare_nb.pipeline.reconstruct_to_folder` (its module
 docstring lists the steps, the files written and the staging folder + manifest of
@@ -23,12 +24,14 @@ import argparse
 import sys
 
 from flare_nb import data_dir
+from flare_nb.camera_rule import CONF_THRESHOLD_HELP, PNP_DEFAULT_ITERATIONS
 from flare_nb.scenes.preprocess import check_size
 
 __all__ = ["main", "build_parser", "parse_size", "EXIT_OK", "EXIT_BAD_INPUT", "EXIT_INTERRUPTED"]
 
 DEMO_VIEWS = 8
 MAX_VIEWS = 8                  # FLARE is trained on 2-8 views (flare_nb.pipeline.DEFAULT_MAX_VIEWS)
+MOST_VIEWS = 16                # accepted with a warning (flare_nb.pipeline.MOST_VIEWS)
 EXIT_OK, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 2, 130
 
 
@@ -79,11 +82,13 @@ def build_parser() -> argparse.ArgumentParser:
         q.add_argument("--device", default="auto", help="auto | cpu | cuda")
         q.add_argument("--ref-view", default="auto", help="reference view: auto, an index or a file name")
         q.add_argument("--conf-threshold", type=float, default=0.5, metavar="Q",
-                       help="drop the least confident fraction Q of each view's pixels (default 0.5)")
+                       help=CONF_THRESHOLD_HELP.replace("%", "%%") + " Default 0.5.")
         q.add_argument("--max-views", type=int, default=MAX_VIEWS,
-                       help=f"subsample more photos than this evenly (default {MAX_VIEWS})")
-        q.add_argument("--pnp-iterations", type=int, default=10_000,
-                       help="RANSAC iterations of the PnP cameras (a positive integer, default 10000)")
+                       help=f"subsample more photos than this evenly (default {MAX_VIEWS}, at most {MOST_VIEWS}; "
+                       f"FLARE was trained on 2-{MAX_VIEWS} views, more are accepted with a warning)")
+        q.add_argument("--pnp-iterations", type=int, default=None,
+                       help="most RANSAC iterations of the PnP cameras per view (a positive integer, default "
+                       f"{PNP_DEFAULT_ITERATIONS}; RANSAC stops earlier once confident; the release runs 10000)")
         q.add_argument("--no-render", action="store_true", help="skip rendering the Gaussians")
         q.add_argument("--force", action="store_true", help="replace the files an earlier flare-nb run wrote "
                        "into --out (listed in its .flare-nb-manifest.json); other files are never touched")
@@ -92,10 +97,19 @@ def build_parser() -> argparse.ArgumentParser:
     common(d, "flare_nb_demo")
     d.add_argument("--views", type=int, default=DEMO_VIEWS, help=f"how many of the 8 room photos (default {DEMO_VIEWS})")
     r = sub.add_parser("reconstruct", help="reconstruct your own photos", epilog=EXIT_CODES_HELP)
-    r.add_argument("images", nargs="+", help="a folder of photos, or 2-8 image files")
+    r.add_argument("images", nargs="+", help="a folder of photos, 2-16 image files, or one video file")
     r.add_argument("--poses", default=None, metavar="FILE",
                    help="known camera poses: a transforms.json or a COLMAP model folder, matched to the "
                         "photos by file name (the release's known-pose mode)")
+    g = r.add_argument_group("cameras and video")
+    g.add_argument("--intrinsics", nargs="+", default=None, metavar="V",
+                   help="known intrinsics: fx fy cx cy in pixels of the original photos (OpenCV: the top-left "
+                        "pixel's centre is 0,0), a file (JSON {\"photo.jpg\": [fx, fy, cx, cy]} or lines "
+                        "'photo.jpg fx fy cx cy'), 'exif' (require the photos' EXIF focal) or 'estimate' (ignore "
+                        "EXIF). Default: EXIF when every photo has a focal there, else FLARE's estimate. Used by "
+                        "PnP and every exported camera; report.md says which source was used")
+    g.add_argument("--views", type=int, default=DEMO_VIEWS,
+                   help=f"with a video as input: how many frames to take (2-{MOST_VIEWS}, default {DEMO_VIEWS})")
     common(r, None)
     return p
 
@@ -147,7 +161,8 @@ def _main(argv=None) -> int:
         else:
             if args.out is None:
                 raise ValueError("reconstruct needs --out DIR (a new or empty folder)")
-            reconstruct_to_folder(args.images, args.out, poses=args.poses, **kw)
+            reconstruct_to_folder(args.images, args.out, poses=args.poses, intrinsics=args.intrinsics,
+                                  views=args.views, **kw)
     except KeyboardInterrupt:
         raise
     except Exception as e:  # noqa: BLE001 - every error becomes one line unless --debug

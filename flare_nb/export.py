@@ -39,7 +39,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from flare_nb import cameras
+from flare_nb import camera_rule, cameras
 from flare_nb.render.ply import save_gaussians_ply, save_points_ply
 from flare_nb.render.splats import gaussians_from_pointmap, render_views
 from flare_nb.viz import plot_cameras
@@ -95,28 +95,46 @@ def fov_K(H: int, W: int, fov_deg: float = FALLBACK_FOV_DEG) -> torch.Tensor:
 
 def export_cameras(rec) -> dict:
     """The cameras the exports get from a :class:`flare_nb.inference.Reconstruction` (the one
-    rule of the ``flare-nb`` command and notebook 08): the focal of view 0's global pointmap
-    (else of its camera-centric one, else a :data:`FALLBACK_FOV_DEG` field of view) and the PnP
-    cameras (else the refined pose head). Returns ``c2w (V, 4, 4)``, ``K (V, 3, 3)`` float32,
-    ``pose_source``, ``focal_source`` and ``notes`` (one line per fallback taken)."""
+    rule of the ``flare-nb`` command and notebook 08). Intrinsics: the known ones
+    (``rec.K_given``) if given, else the focal of view 0's global pointmap (else of its
+    camera-centric one, else a :data:`FALLBACK_FOV_DEG` field of view). Poses:
+    :data:`flare_nb.camera_rule.CAMERA_RULE` -- the PnP cameras when every view's PnP inlier
+    fraction reaches :data:`flare_nb.camera_rule.MIN_INLIER_FRACTION`, else the refined pose
+    head. Returns ``c2w (V, 4, 4)``, ``K (V, 3, 3)`` float32, ``pose_source``,
+    ``focal_source``, ``inlier_fractions`` (or None) and ``notes`` (one line per fallback)."""
     V, (H, W) = rec.n_views, rec.hw
     notes = []
     focal_source, K = "view 0's global pointmap (FLARE demo)", rec.K
-    if K is None:
+    K_given = getattr(rec, "K_given", None)
+    if K_given is not None:
+        K, focal_source = K_given, "given (known intrinsics)"
+    elif K is None:
         try:
             K = cameras.intrinsics_from_focal(cameras.estimate_focal(rec.pts3d_cam[0]), H, W)
             focal_source = "view 0's camera-centric pointmap (fallback: the global one gave no focal)"
-        except ValueError:
+        except (ValueError, TypeError):
             K = fov_K(H, W, FALLBACK_FOV_DEG)
             focal_source = f"none could be estimated: {FALLBACK_FOV_DEG:.0f} degree field of view assumed"
         notes.append(f"focal: {focal_source}")
-    if rec.c2w_pnp is not None:
+    fractions = camera_rule.inlier_fractions(getattr(rec, "pnp_info", None))
+    if rec.c2w_pnp is not None and camera_rule.pnp_trusted(rec.pnp_info):
         c2w, pose_source = rec.c2w_pnp, "pnp (FLARE demo: PnP-RANSAC on the global pointmaps)"
+    elif rec.c2w_pnp is not None:
+        c2w = rec.c2w_refined.clone().double()
+        conf = getattr(rec, "conf_global", None)
+        s = None if conf is None else camera_rule.pose_head_scale(c2w, rec.pts3d_global, conf, K)
+        units = "translation in the network's units"
+        if s is not None:
+            c2w[:, :3, 3] *= s
+            units = f"translation x {s:.4g} into the pointmaps' units (least-squares reprojection)"
+        pose_source = (f"refined pose head (PnP inliers in the weakest view {min(fractions):.0%} < "
+                       f"{camera_rule.MIN_INLIER_FRACTION:.0%}; {units})")
+        notes.append(f"poses: {pose_source}")
     else:
         c2w, pose_source = rec.c2w_refined, "refined pose head (PnP not available; translation in the network's units)"
         notes.append(f"poses: {pose_source}")
     return {"c2w": c2w.float(), "K": K.float().expand(V, 3, 3).clone(), "pose_source": pose_source,
-            "focal_source": focal_source, "notes": notes}
+            "focal_source": focal_source, "inlier_fractions": fractions, "notes": notes}
 
 # ----------------------------------------------------------------------------- points
 def confident_mask(conf: torch.Tensor, drop: float = 0.5, points: torch.Tensor | None = None) -> torch.Tensor:

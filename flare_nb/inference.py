@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from flare_nb import cameras, data_dir
+from flare_nb import camera_rule, cameras, data_dir
 from flare_nb.device import autocast_dtype, resolve_device
 from flare_nb.model import config as config_module
 from flare_nb.model.checkpoint import load_flare_checkpoint
@@ -153,6 +153,8 @@ class Reconstruction:
     * ``pts3d_cam (V, H, W, 3)``, ``conf_cam (V, H, W)``: each view in its own camera frame
       (None for the NVS model, which has no camera-centric head); ``pts3d_global``,
       ``conf_global``: all views in view 0's camera frame.
+    * ``K_given (V, 3, 3)``: the known intrinsics passed as ``intrinsics`` (model-input
+      pixels), used by PnP instead of the estimated focal; None when not given.
     * ``c2w_given (V, 4, 4)``: the given camera poses (``camera_poses``) relative to view 0,
       in their own units; None when the poses were predicted.
     * ``gaussians``: NVS model only (else None): the Gaussian set of
@@ -185,6 +187,7 @@ class Reconstruction:
     notes: list = field(default_factory=list)
     gaussians: dict | None = None
     c2w_given: torch.Tensor | None = None
+    K_given: torch.Tensor | None = None
 
     @property
     def n_views(self) -> int:
@@ -304,7 +307,7 @@ def _stage_timer(model, timings: dict, sync):
 # ----------------------------------------------------------------------------- reconstruct
 @torch.no_grad()
 def reconstruct(model: FlareModel, images, size=None, device="auto", pnp: bool = True,
-                pnp_iterations: int = 10_000, seed: int = 0, intrinsics=None, camera_poses=None) -> Reconstruction:
+                pnp_iterations: int | None = None, seed: int = 0, intrinsics=None, camera_poses=None) -> Reconstruction:
     """Run FLARE's cascade on ``V >= 2`` views; view 0 is the reference frame.
 
     Args:
@@ -316,11 +319,14 @@ def reconstruct(model: FlareModel, images, size=None, device="auto", pnp: bool =
             (H, W must be multiples of ``model.cfg.multiple``).
         device: ``"auto"`` | ``"cpu"`` | ``"cuda"``. On CUDA the forward runs under bf16
             autocast, on the CPU in float32.
-        pnp: also solve the demo's PnP cameras (``pnp_iterations`` RANSAC iterations, 10 000 as
-            released; fewer is faster on random weights where RANSAC never stops early).
+        pnp: also solve the demo's PnP cameras with the bounded settings of
+            :func:`flare_nb.camera_rule.pnp_settings` (``pnp_iterations`` RANSAC iterations,
+            default 300 with an adaptive stop; the release runs 10 000).
         seed: OpenCV's RANSAC seed.
-        intrinsics: the NVS model only (required there, as in the release): ``(V, 3, 3)`` K or
-            ``(V, 4)`` ``[fx, fy, cx, cy]`` in pixels of the model input (after ``size``).
+        intrinsics: known intrinsics, ``(V, 3, 3)`` K or ``(V, 4)`` ``[fx, fy, cx, cy]`` in
+            pixels of the model input (after ``size``; OpenCV pixel centres). The NVS model
+            takes them as input (required there, as in the release); with either model they
+            replace the estimated focal in PnP and are kept in ``rec.K_given``.
         camera_poses: optional known camera-to-world poses ``(V, 4, 4)`` (OpenCV axes, any world
             frame and scale), one per view in the order of ``images``: the release's known-pose
             mode (``FlareModel(..., camera_poses=...)``, geometry model only). They replace the
@@ -347,14 +353,24 @@ def reconstruct(model: FlareModel, images, size=None, device="auto", pnp: bool =
         P = check_camera_poses(camera_poses, 1, V)
         kw["camera_poses"] = P
         c2w_given = cameras.relative_to_view0(P[0]).float()
-    if model.cfg.kind == "nvs":
-        if intrinsics is None:
-            raise ValueError("the NVS model takes the intrinsics of the input views: pass intrinsics=(V, 3, 3) K "
-                             f"in pixels of the {W}x{H} model input (or use the geometry model, which needs none)")
+    if model.cfg.kind == "nvs" and intrinsics is None:
+        raise ValueError("the NVS model takes the intrinsics of the input views: pass intrinsics=(V, 3, 3) K "
+                         f"in pixels of the {W}x{H} model input (or use the geometry model, which needs none)")
+    K_given = None
+    if intrinsics is not None:
         intr = torch.as_tensor(intrinsics, dtype=torch.float32)
         if intr.shape not in ((V, 3, 3), (V, 4)):
             raise ValueError(f"intrinsics must be (V, 3, 3) or (V, 4) for V = {V} views, got {tuple(intr.shape)}")
-        kw["intrinsics"] = intr[None].to(dev)
+        if model.cfg.kind == "nvs":
+            kw["intrinsics"] = intr[None].to(dev)
+        if intr.shape == (V, 4):
+            K_given = torch.zeros(V, 3, 3)
+            K_given[:, 0, 0], K_given[:, 1, 1], K_given[:, 0, 2], K_given[:, 1, 2] = intr.unbind(-1)
+            K_given[:, 2, 2] = 1.0
+        else:
+            K_given = intr.clone()
+        if not torch.isfinite(K_given).all() or (K_given[:, 0, 0] <= 0).any() or (K_given[:, 1, 1] <= 0).any():
+            raise ValueError("intrinsics must be finite with positive focal lengths")
     amp = autocast_dtype(dev)
     sync = (lambda: torch.cuda.synchronize(dev)) if dev.type == "cuda" else (lambda: None)
     timings = {"preprocess": t_pre}
@@ -388,11 +404,12 @@ def reconstruct(model: FlareModel, images, size=None, device="auto", pnp: bool =
     except ValueError as e:
         notes.append(f"focal not estimated ({e})")
     timings["focal"] = time.perf_counter() - t0
-    if pnp and K is not None:
+    K_pnp = K if K_given is None else K_given
+    if pnp and K_pnp is not None:
         t0 = time.perf_counter()
         try:
-            c2w_pnp, pnp_info = cameras.pnp_poses(pts_glob, conf_glob, K, top=0.4, reproj_px=1.0,
-                                                  iterations=pnp_iterations, seed=seed, return_info=True)
+            c2w_pnp, pnp_info = cameras.pnp_poses(pts_glob, conf_glob, K_pnp, top=0.4, seed=seed, return_info=True,
+                                                  **camera_rule.pnp_settings(H, W, pnp_iterations))
             c2w_pnp = c2w_pnp.float()
         except (ValueError, RuntimeError) as e:
             notes.append(f"PnP cameras not solved ({e})")
@@ -405,4 +422,4 @@ def reconstruct(model: FlareModel, images, size=None, device="auto", pnp: bool =
         pts3d_global=pts_glob, conf_global=conf_glob, timings=timings, device=str(dev),
         autocast="bf16" if amp is not None else "none",
         weights_label=getattr(model, "weights_label", "weights of unknown origin"), info=info, notes=notes,
-        gaussians=gaussians, c2w_given=c2w_given)
+        gaussians=gaussians, c2w_given=c2w_given, K_given=K_given)

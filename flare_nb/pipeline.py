@@ -47,7 +47,9 @@ from pathlib import Path
 
 import torch
 
-from flare_nb import export
+from flare_nb import camera_rule, export
+from flare_nb import video as video_module
+from flare_nb.intrinsics import parse_intrinsics_option, resolve_intrinsics
 from flare_nb.cameras import invert_pose, opengl_to_opencv
 from flare_nb.device import resolve_device
 from flare_nb.inference import load_model, reconstruct
@@ -65,6 +67,8 @@ __all__ = ["reconstruct_to_folder", "RunReport", "collect_images", "estimate_mem
            "match_poses", "check_options", "resolve_ref_view", "planned_files", "precheck_checkpoint"]
 
 DEFAULT_MAX_VIEWS = 8          # FLARE is trained on 2-8 views
+MOST_VIEWS = 16                # --max-views / --views accept up to this many (with a warning above TRAINED_VIEWS)
+TRAINED_VIEWS = 8              # the released model and the shipped tiny one were trained on 2-8 views
 CPU_RENDER_MAX_GAUSSIANS = 40_000   # the CPU rasterizer renders a thinned preview beyond this
 OUR_FILES = ("cameras.json", "transforms.json", "points.ply", "gaussians.ply", "summary.png", "renders.png",
              "report.md", "sparse/0/cameras.txt", "sparse/0/images.txt", "sparse/0/points3D.txt")
@@ -410,7 +414,7 @@ class Interrupted(KeyboardInterrupt):
     """Ctrl-C during a run; the message says what state ``--out`` was left in."""
 
 
-def check_options(conf_threshold=0.5, pnp_iterations=10_000, max_views=DEFAULT_MAX_VIEWS) -> None:
+def check_options(conf_threshold=0.5, pnp_iterations=None, max_views=DEFAULT_MAX_VIEWS) -> None:
     """ValueError naming the option for values the run cannot use (checked before any work)."""
     try:
         q = float(conf_threshold)
@@ -419,11 +423,15 @@ def check_options(conf_threshold=0.5, pnp_iterations=10_000, max_views=DEFAULT_M
     if not 0.0 <= q < 1.0:
         raise ValueError(f"--conf-threshold must be a fraction in [0, 1) of the least confident pixels to drop, "
                          f"got {conf_threshold}")
-    if isinstance(pnp_iterations, bool) or not isinstance(pnp_iterations, int) or pnp_iterations < 1:
+    if pnp_iterations is not None and (isinstance(pnp_iterations, bool) or not isinstance(pnp_iterations, int)
+                                       or pnp_iterations < 1):
         raise ValueError(f"--pnp-iterations must be a positive integer (RANSAC iterations of the PnP cameras, "
-                         f"default 10000), got {pnp_iterations!r}")
+                         f"default {camera_rule.PNP_DEFAULT_ITERATIONS}), got {pnp_iterations!r}")
     if isinstance(max_views, bool) or not isinstance(max_views, int) or max_views < 2:
         raise ValueError(f"--max-views must be an integer >= 2, got {max_views!r}")
+    if max_views > MOST_VIEWS:
+        raise ValueError(f"--max-views must be at most {MOST_VIEWS} (FLARE was trained on 2-{TRAINED_VIEWS} views), "
+                         f"got {max_views}")
 
 
 def resolve_ref_view(ref_view, names) -> int | None:
@@ -508,8 +516,8 @@ def _count_parameters(cfg) -> int:
 
 def reconstruct_to_folder(inputs, out, checkpoint=None, config="tiny", size=None, device="auto", ref_view="auto",
         conf_threshold: float = 0.5, force: bool = False, max_views: int = DEFAULT_MAX_VIEWS,
-        pnp_iterations: int = 10_000, render: bool = True, title: str = "flare-nb reconstruct",
-        poses=None) -> dict:
+        pnp_iterations: int | None = None, render: bool = True, title: str = "flare-nb reconstruct",
+        poses=None, intrinsics=None, views: int = DEFAULT_MAX_VIEWS) -> dict:
     """The whole ``flare-nb reconstruct`` (module docstring); returns a dict with ``files``
     ({name: bytes}), ``timings`` (seconds per stage), ``order`` (input index of each view),
     ``weights_random`` and ``out``. Raises ValueError / FileNotFoundError on bad input (before
@@ -518,7 +526,11 @@ def reconstruct_to_folder(inputs, out, checkpoint=None, config="tiny", size=None
 
     ``poses``: optional ``--poses`` file or folder (:func:`read_poses`), one camera-to-world
     pose per photo matched by file name; passed to ``reconstruct(camera_poses=...)``, the
-    release's known-pose mode."""
+    release's known-pose mode.
+
+    ``intrinsics``: the ``--intrinsics`` words (None: EXIF when every photo has a focal
+    there, else estimated; :mod:`flare_nb.intrinsics`). ``inputs`` may be ONE video file:
+    ``views`` sharp, evenly spread frames are taken from it (:mod:`flare_nb.video`)."""
 
     t_all = time.perf_counter()
     timings: dict[str, float] = {}
@@ -535,8 +547,44 @@ def reconstruct_to_folder(inputs, out, checkpoint=None, config="tiny", size=None
     if ckpt is not None:
         precheck_checkpoint(ckpt)
 
-    # 1. photos and the output folder, before any work
+    # 1. photos (or a video's frames) and the output folder, before any work
     t0 = time.perf_counter()
+    parse_intrinsics_option(intrinsics)                   # a wrong count or missing file: refused now
+    frames_dir, video_note = None, None
+    ins = [inputs] if isinstance(inputs, (str, Path)) else list(inputs)
+    if len(ins) == 1 and video_module.is_video(ins[0]):
+        import tempfile
+
+        if isinstance(views, bool) or not isinstance(views, int) or not 2 <= views <= MOST_VIEWS:
+            raise ValueError(f"--views must be an integer between 2 and {MOST_VIEWS}, got {views!r}")
+        frames_dir = Path(tempfile.mkdtemp(prefix="flare-nb-frames-"))
+        try:
+            files, picks, sharp = video_module.extract_frames(ins[0], views, frames_dir)
+        except BaseException:
+            import shutil
+
+            shutil.rmtree(frames_dir, ignore_errors=True)
+            raise
+        video_note = (f"video {ins[0]}: frames {', '.join(map(str, picks))} (0-based; the sharpest, by variance of "
+                      f"the Laplacian, of {views} equal runs of frames)")
+        _say("[0/6] " + video_note)
+        inputs, max_views = files, max(max_views, views)
+    try:
+        return _reconstruct_paths(inputs, out, checkpoint, cfg, cfg_name, size, device, ref_view, conf_threshold,
+                                  force, max_views, pnp_iterations, render, title, poses, intrinsics, video_note,
+                                  ckpt, timings, notes, t0, t_all)
+    finally:
+        if frames_dir is not None:
+            import shutil
+
+            shutil.rmtree(frames_dir, ignore_errors=True)
+
+
+def _reconstruct_paths(inputs, out, checkpoint, cfg, cfg_name, size, device, ref_view, conf_threshold, force,
+                       max_views, pnp_iterations, render, title, poses, intrinsics, video_note, ckpt, timings, notes,
+                       t0, t_all) -> dict:
+    if video_note:
+        notes.append(video_note)
     paths, warns = collect_images(inputs, max_views)
     folder = StagedOutput(out, force, paths)
     folder.check(planned_files(paths, render=render))
@@ -553,8 +601,15 @@ def reconstruct_to_folder(inputs, out, checkpoint=None, config="tiny", size=None
                 raise ValueError(f"--poses {poses}: {e}") from None
             if cfg.kind != "geometry":
                 raise ValueError("--poses works with the geometry model only")
+        K_photo, intr_source, intr_notes = resolve_intrinsics(intrinsics, good, sizes)
+        notes += intr_notes
+        if len(good) > TRAINED_VIEWS:
+            msg = (f"{len(good)} views: FLARE (the released model and the shipped tiny one) was trained on 2-"
+                   f"{TRAINED_VIEWS} views; with more, expect poorer cameras and pointmaps than the paper's")
+            _warn(msg)
+            notes.append(msg)
         timings["collect_and_decode"] = time.perf_counter() - t0
-        _say(f"[1/6] {len(good)} photos: {', '.join(p.name for p in good)}")
+        _say(f"[1/6] {len(good)} photos: {', '.join(p.name for p in good)}; intrinsics: {intr_source}")
 
         try:
             dev = resolve_device(device)
@@ -564,7 +619,8 @@ def reconstruct_to_folder(inputs, out, checkpoint=None, config="tiny", size=None
         n_params = _count_parameters(cfg)
         need, have = check_memory(cfg, n_params, len(good), size, dev, max(w * h for w, h in sizes))
         result = _run_staged(stage, good, cfg, cfg_name, ckpt, size, dev, ref_given, auto_orient, conf_threshold,
-                             pnp_iterations, render, title, notes, timings, need, have, given, poses)
+                             pnp_iterations, render, title, notes, timings, need, have, given, poses,
+                             (K_photo, intr_source))
         files = folder.commit()
     except KeyboardInterrupt:
         raise Interrupted(folder.abort()) from None
@@ -623,7 +679,7 @@ def _load_model_checked(ckpt, cfg, dev):
 
 
 def _run_staged(stage, good, cfg, cfg_name, ckpt, size, dev, ref_given, auto_orient, conf_threshold, pnp_iterations,
-                render, title, notes, timings, need, have, given=None, poses=None) -> dict:
+                render, title, notes, timings, need, have, given=None, poses=None, known=(None, "estimated")) -> dict:
     """Steps 2-5 of :func:`reconstruct_to_folder`, every file written into the staging folder ``stage``."""
 
 
@@ -640,7 +696,8 @@ def _run_staged(stage, good, cfg, cfg_name, ckpt, size, dev, ref_given, auto_ori
 
     # 3. preprocessing + reference view
     t0 = time.perf_counter()
-    x01, _, info = load_images(good, size=size, auto_orient=auto_orient)
+    K_photo, intr_source = known
+    x01, K_input, info = load_images(good, size=size, auto_orient=auto_orient, K=K_photo)
     timings["preprocess"] = time.perf_counter() - t0
     same = [(i, j) for i in range(len(good)) for j in range(i) if torch.equal(x01[i], x01[j])]
     if same:
@@ -669,7 +726,8 @@ def _run_staged(stage, good, cfg, cfg_name, ckpt, size, dev, ref_given, auto_ori
         notes.append(f"camera poses given from {poses} (the release's known-pose mode); the pose heads still "
                      "run and the exported cameras are solved from the pointmaps as usual")
     rec = reconstruct(model, x01, device=dev, pnp_iterations=pnp_iterations,
-                      camera_poses=None if given is None else given[order])
+                      camera_poses=None if given is None else given[order],
+                      intrinsics=None if K_input is None else K_input[order])
     for k, v in rec.timings.items():
         if k != "preprocess":
             timings[k] = v
@@ -678,6 +736,17 @@ def _run_staged(stage, good, cfg, cfg_name, ckpt, size, dev, ref_given, auto_ori
 
     # cameras: the demo's focal + PnP if possible, else the fallbacks (export.export_cameras)
     chosen = export.export_cameras(rec)
+    fractions = chosen.get("inlier_fractions")
+    pnp_set = camera_rule.pnp_settings(H, W, pnp_iterations)
+    camera_lines = [f"rule: {camera_rule.CAMERA_RULE}",
+                    f"PnP: SQPnP RANSAC, at most {pnp_set['iterations']} iterations (adaptive stop at confidence "
+                    f"{pnp_set['ransac_confidence']}), {pnp_set['reproj_px']:g} px inlier threshold, at most "
+                    f"{pnp_set['max_points']} of each view's 40 % most confident pixels",
+                    "PnP inlier fraction per view: " + ("not solved" if fractions is None else
+                                                        ", ".join(f"{f:.0%}" for f in fractions)),
+                    f"chosen: {chosen['pose_source']}"]
+    _say("      cameras: " + chosen["pose_source"] + ("" if fractions is None else
+         " (inliers " + ", ".join(f"{f:.0%}" for f in fractions) + ")"))
     c2w, Ks, pose_source, focal_source = chosen["c2w"], chosen["K"], chosen["pose_source"], chosen["focal_source"]
     K = Ks[0]
     notes += chosen["notes"]
@@ -753,10 +822,19 @@ def _run_staged(stage, good, cfg, cfg_name, ckpt, size, dev, ref_given, auto_ori
                        size=(W, H), focal=float(K[0, 0]), focal_source=focal_source, pose_source=pose_source,
                        n_points=len(P), conf_threshold=conf_threshold, n_gaussians=len(g["means"]),
                        gaussian_source=g_source, reference=ref, reference_how=how, scores=scores, timings=timings,
-                       notes=notes)
+                       notes=notes, intrinsics_source=intr_source, camera_lines=camera_lines)
     report.write()
     result["report"] = report
     return result
+
+
+CONF_THRESHOLD_HELP = camera_rule.CONF_THRESHOLD_HELP
+
+
+def conf_threshold_text(q: float) -> str:
+    """The report's line on the points kept."""
+    return (f"the least confident {q:.0%} of each view's pixels dropped: a per-view quantile of the confidence, "
+            "not an absolute value")
 
 
 def _files(out: Path) -> dict:
@@ -790,6 +868,8 @@ class RunReport:
     scores: object            #: per-photo reference-view similarity (input order) or None
     timings: dict
     notes: list
+    intrinsics_source: str = "estimated"   #: "given", "EXIF" or "estimated"
+    camera_lines: list = None              #: the camera rule, the PnP settings and what they gave
 
     def write(self) -> Path:
         """Write ``out/report.md`` (it lists itself among the files) and return its path."""
@@ -800,8 +880,8 @@ class RunReport:
                   "> Gaussians below show the data flow and file formats only; they are not a reconstruction.", ""]
         L += [f"* weights: {self.weights} (config `{self.config}`)", f"* device: {self.device} (autocast {self.autocast})",
               f"* views: {len(self.photos)} at {W}x{H} (WxH)", f"* focal: {self.focal:.2f} px ({self.focal_source})",
-              f"* cameras: {self.pose_source}", f"* points: {self.n_points} (least confident "
-              f"{self.conf_threshold:.0%} of each view's pixels dropped)",
+              f"* intrinsics: {self.intrinsics_source}",
+              f"* cameras: {self.pose_source}", f"* points: {self.n_points} ({conf_threshold_text(self.conf_threshold)})",
               f"* Gaussians: {self.n_gaussians}, from {self.gaussian_source}", "",
               "## Views", "", f"Reference view: input {self.reference} ({self.photos[self.reference].name}), "
               f"{self.reference_how}.", "",
@@ -810,6 +890,9 @@ class RunReport:
             sim = "" if self.scores is None else f"{float(self.scores[i]):.3f}"
             L.append(f"| {k} | {i} | `{self.stems[k]}` (from `{self.photos[i].name}`) | "
                      f"{'x'.join(map(str, self.src_sizes[i]))} | {sim} |")
+        if self.camera_lines:
+            L += ["", "## Cameras", ""] + [f"* {c}" for c in self.camera_lines]
+        L += ["", "## Confidence threshold", "", CONF_THRESHOLD_HELP.replace("Q", f"Q = {self.conf_threshold:g}", 1)]
         L += ["", "## Time per stage", "", "| stage | seconds |", "|---|---|"]
         L += [f"| {k} | {v:.3f} |" for k, v in self.timings.items()]
         if self.notes:

@@ -387,6 +387,25 @@ def test_pnp_poses_recovers_known_poses():
     assert float((est32[:, :3, 3].double() - c2w[:, :3, 3]).norm(dim=-1).max()) < 5e-3
 
 
+def test_pnp_poses_bounded_settings_recover_known_poses():
+    """flare-nb's bounded PnP (camera_rule.pnp_settings: thinned points, 300 iterations, adaptive
+    stop) on exact pointmaps with 15 % gross outliers: the poses come back, every view uses
+    exactly max_points pixels, and almost all of the clean ones are inliers."""
+    from flare_nb import camera_rule
+
+    pts, conf, K, c2w = _synthetic_views()
+    bad = pts.clone()
+    out = torch.rand(pts.shape[:3], generator=_gen(23)) < 0.15
+    bad[out] += torch.randn(int(out.sum()), 3, generator=_gen(24), dtype=torch.float64)
+    kw = camera_rule.pnp_settings(48, 64)
+    kw["max_points"] = 300
+    est, info = C.pnp_poses(bad, conf, K, return_info=True, **kw)
+    assert info["n_points"] == [300] * 4
+    assert min(camera_rule.inlier_fractions(info)) > 0.7 and camera_rule.pnp_trusted(info)
+    assert float(_angle_deg(est[:, :3, :3], c2w[:, :3, :3]).max()) < 0.1
+    assert float((est[:, :3, 3] - c2w[:, :3, 3]).norm(dim=-1).max()) < 5e-3
+
+
 def test_pnp_poses_bad_input():
     pts, conf, K, _ = _synthetic_views(V=2, H=16, W=16)
     with pytest.raises(ValueError, match="conf must be"):

@@ -13,10 +13,10 @@ import pytest
 PKG = Path(__file__).resolve().parents[1] / "flare_nb"
 
 LAYER = {
-    "__init__": 0, "cameras": 0, "device": 0, "viz": 0,
+    "__init__": 0, "cameras": 0, "device": 0, "viz": 0, "camera_rule": 0,
     "model": 1, "scenes": 1,
     "render": 2,
-    "inference": 3, "export": 3, "own_images": 3, "pipeline": 3, "outdir": 3,
+    "inference": 3, "export": 3, "own_images": 3, "pipeline": 3, "outdir": 3, "intrinsics": 3, "video": 3,
     "eval": 4, "cli": 4, "evaluate": 4, "nvs_eval": 4, "eval_report": 4,   # the last three: python -m shims
     "train": 5,
     "nb": 6,

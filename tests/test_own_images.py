@@ -56,13 +56,14 @@ def test_load_photos_mixed_orientation_refused(tmp_path):
     assert x.shape == (2, 3, 128, 64) and notes == []                  # both portrait: transposed target
 
 
-def _rec(K=True, pnp=True, cam_pts=None):
+def _rec(K=True, pnp=True, cam_pts=None, inliers=(90, 80, 70), K_given=None):
     V, H, W = 3, 16, 16
     c2w = torch.eye(4).repeat(V, 1, 1)
     c2w[1, 0, 3] = 1.0
     return SimpleNamespace(n_views=V, hw=(H, W), K=cameras.intrinsics_from_focal(20.0, H, W) if K else None,
                            c2w_pnp=c2w * 2 if pnp else None, c2w_refined=c2w,
-                           pts3d_cam=cam_pts if cam_pts is not None else torch.zeros(V, H, W, 3))
+                           pnp_info={"n_points": [100] * V, "n_inliers": list(inliers)} if pnp else None,
+                           pts3d_cam=cam_pts if cam_pts is not None else torch.zeros(V, H, W, 3), K_given=K_given)
 
 
 def test_export_cameras_rules():
@@ -76,6 +77,34 @@ def test_export_cameras_rules():
     pts = cameras.unproject_depth(depth, cameras.intrinsics_from_focal(30.0, 16, 16).expand(3, 3, 3))
     c = export.export_cameras(_rec(K=False, cam_pts=pts))
     assert "camera-centric" in c["focal_source"] and c["K"][0, 0, 0] == pytest.approx(30.0, rel=1e-4)
+
+
+def test_export_cameras_pnp_rule_and_known_intrinsics():
+    from flare_nb import camera_rule
+
+    edge = round(100 * camera_rule.MIN_INLIER_FRACTION)
+    c = export.export_cameras(_rec(inliers=(90, edge, 70)))                 # exactly the threshold: PnP kept
+    assert c["pose_source"].startswith("pnp") and c["inlier_fractions"] == [0.9, edge / 100, 0.7]
+    c = export.export_cameras(_rec(inliers=(90, edge - 1, 70)))             # one view below it: pose head
+    assert c["pose_source"].startswith("refined") and torch.equal(c["c2w"], _rec().c2w_refined)
+    assert f"{(edge - 1) / 100:.0%}" in c["pose_source"] and c["notes"]
+    Kg = cameras.intrinsics_from_focal(33.0, 16, 16).expand(3, 3, 3).clone()
+    Kg[2, 0, 0] = 44.0
+    c = export.export_cameras(_rec(K_given=Kg))
+    assert c["focal_source"].startswith("given") and torch.equal(c["K"], Kg)
+
+
+def test_pnp_settings_scale_with_the_image():
+    from flare_nb import camera_rule
+
+    assert camera_rule.pnp_settings(128, 128)["reproj_px"] == 1.0               # never below 1 px
+    assert camera_rule.pnp_settings(384, 512)["reproj_px"] == 1.0               # the release's 1 px at 512
+    assert camera_rule.pnp_settings(768, 1024)["reproj_px"] == 2.0
+    assert camera_rule.pnp_settings(64, 64)["iterations"] == camera_rule.PNP_DEFAULT_ITERATIONS
+    assert camera_rule.pnp_settings(64, 64, 7)["iterations"] == 7
+    for bad in (0, -1, 2.5, True):
+        with pytest.raises(ValueError, match="--pnp-iterations"):
+            camera_rule.pnp_settings(64, 64, bad)
 
 
 def test_confidence_points_and_widget():
