@@ -12,7 +12,9 @@
 # raised from 5e-4 to 8e-4 for the larger batch, bf16 autocast (run.amp auto), and a wall-time
 # limit run.max_minutes = 8 (MAX_MINUTES) that leaves time for the final validation, the copies
 # and the machine's start-up within 10 minutes. STEPS (default 6000) sets the cosine schedule;
-# a run that reaches the time limit first stops with a checkpoint and the same command resumes it.
+# 6000 is an estimate (about 60 ms per step of 32 scenes plus the first pass that renders the
+# pool), not yet a timing on a GPU: the s/step printed at the end gives the right value. A run
+# that reaches the time limit first stops with a checkpoint and the same command resumes it.
 #
 # OUT_DIR receives: checkpoint.pt (full training state, resumable; about 27 MB), model.pt (the
 # weights only, {'model': state_dict}, loadable with weights_only=True; about 9 MB), log.jsonl,
@@ -43,6 +45,14 @@ OUT_DIR="${OUT_DIR:-${OUT:-}}"
 if [ -z "$OUT_DIR" ]; then
   echo "train_gpu.sh: no output folder: pass one (bash scripts/train_gpu.sh runs/gpu) or set OUT" >&2
   exit 2
+fi
+if [ ! -e "$OUT_DIR/checkpoint.pt" ]; then     # a new run: do not write over files of something else
+  for f in model.pt final.json; do
+    if [ -e "$OUT_DIR/$f" ]; then
+      echo "train_gpu.sh: $OUT_DIR/$f exists but no training checkpoint does; choose another output folder (nothing was overwritten)" >&2
+      exit 2
+    fi
+  done
 fi
 mkdir -p "$OUT_DIR"
 
@@ -91,7 +101,11 @@ final = {"step": int(ck["step"]), "steps": ck["config"]["steps"], "batch_size": 
 print(f"step {final['step']}/{final['steps']} (batch {final['batch_size']}); weights {model_path} "
       f"({model_path.stat().st_size / 1e6:.1f} MB)")
 if trains:
-    print(f"training loop time of the last session: {trains[-1]['time']:.0f} s (to step {trains[-1]['step']})")
+    first = next(i for i in range(len(trains) - 1, -1, -1) if i == 0 or trains[i - 1]["time"] > trains[i]["time"])
+    a, b = trains[first], trains[-1]
+    rate = f", {(b['time'] - a['time']) / (b['step'] - a['step']):.3f} s/step after step {a['step']}" \
+        if b["step"] > a["step"] else ""
+    print(f"training loop: {b['time']:.0f} s to step {b['step']} since this run was (re)started{rate}")
 if vals:
     v = vals[-1]
     print(f"final validation: pose L1 {v['pose_L1']:.3f}  AUC@30 {v['AUC@30']:.3f}  RRA@15 {v['RRA@15']:.1f}%  "

@@ -126,3 +126,8 @@ def test_train_gpu_script_refuses_bad_arguments(tmp_path):
     env = {k: v for k, v in _env().items() if k != "OUT"}
     r = subprocess.run(["bash", "scripts/train_gpu.sh"], cwd=ROOT, env=env, capture_output=True, text=True)
     assert r.returncode == 2 and "no output folder" in r.stderr
+    (tmp_path / "model.pt").write_bytes(b"mine")                  # someone else's file: left alone
+    r = subprocess.run(["bash", "scripts/train_gpu.sh", "--smoke", str(tmp_path)], cwd=ROOT, env=env,
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and "nothing was overwritten" in r.stderr
+    assert (tmp_path / "model.pt").read_bytes() == b"mine"
