@@ -23,7 +23,6 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import roma
 import torch
 
 __all__ = [
@@ -82,6 +81,45 @@ def opencv_to_opengl(c2w: torch.Tensor) -> torch.Tensor:
     return opengl_to_opencv(c2w)
 
 
+def _roma():
+    """The roma package, or None where it is not installed (a bare training machine): the two
+    conversions below then use :func:`_unitquat_to_matrix` / :func:`_matrix_to_unitquat`."""
+    try:
+        import roma
+    except ImportError:
+        return None
+    return roma
+
+
+def _unitquat_to_matrix(q: torch.Tensor) -> torch.Tensor:
+    """Rotation matrices ``(..., 3, 3)`` from unit quaternions ``(..., 4)`` ``(w, x, y, z)``."""
+    w, x, y, z = q.unbind(-1)
+    rows = [1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
+            2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
+            2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)]
+    return torch.stack(rows, -1).reshape(*q.shape[:-1], 3, 3)
+
+
+def _matrix_to_unitquat(R: torch.Tensor) -> torch.Tensor:
+    """Unit quaternions ``(..., 4)`` ``(w, x, y, z)`` (either sign) of rotations ``(..., 3, 3)``:
+    of the four ways to read ``q`` off ``R``, the one dividing by the largest of ``4 w^2, 4 x^2,
+    4 y^2, 4 z^2`` (well conditioned for every rotation)."""
+    m = R
+    tr = m[..., 0, 0] + m[..., 1, 1] + m[..., 2, 2]
+    d = torch.stack([tr, m[..., 0, 0], m[..., 1, 1], m[..., 2, 2]], -1)
+    cand = torch.stack([
+        torch.stack([1 + tr, m[..., 2, 1] - m[..., 1, 2], m[..., 0, 2] - m[..., 2, 0], m[..., 1, 0] - m[..., 0, 1]], -1),
+        torch.stack([m[..., 2, 1] - m[..., 1, 2], 1 + 2 * m[..., 0, 0] - tr, m[..., 0, 1] + m[..., 1, 0],
+                     m[..., 0, 2] + m[..., 2, 0]], -1),
+        torch.stack([m[..., 0, 2] - m[..., 2, 0], m[..., 0, 1] + m[..., 1, 0], 1 + 2 * m[..., 1, 1] - tr,
+                     m[..., 1, 2] + m[..., 2, 1]], -1),
+        torch.stack([m[..., 1, 0] - m[..., 0, 1], m[..., 0, 2] + m[..., 2, 0], m[..., 1, 2] + m[..., 2, 1],
+                     1 + 2 * m[..., 2, 2] - tr], -1)], -2)                       # (..., 4, 4): 4 q * q_k
+    k = d.argmax(-1, keepdim=True)
+    q = cand.gather(-2, k[..., None].expand(*k.shape, 4)).squeeze(-2)
+    return q / q.norm(dim=-1, keepdim=True)
+
+
 def quat_to_matrix(q_wxyz: torch.Tensor) -> torch.Tensor:
     """Rotation matrices ``(..., 3, 3)`` from quaternions ``(..., 4)`` in ``(w, x, y, z)`` order.
 
@@ -95,6 +133,9 @@ def quat_to_matrix(q_wxyz: torch.Tensor) -> torch.Tensor:
     norm = q_wxyz.norm(dim=-1, keepdim=True)
     if (norm <= torch.finfo(q_wxyz.dtype).tiny * 1e6).any():
         raise ValueError("quat_to_matrix: a quaternion has (near) zero norm; expected a nonzero (w, x, y, z)")
+    roma = _roma()
+    if roma is None:
+        return _unitquat_to_matrix(q_wxyz / norm)
     q_xyzw = roma.quat_wxyz_to_xyzw(q_wxyz / norm)
     return roma.unitquat_to_rotmat(q_xyzw)
 
@@ -107,7 +148,8 @@ def matrix_to_quat(R: torch.Tensor) -> torch.Tensor:
     positive, so the output is still unique. Notebook 00.
     """
     _check_last(R, (3, 3), "R")
-    q = roma.quat_xyzw_to_wxyz(roma.rotmat_to_unitquat(R))
+    roma = _roma()
+    q = _matrix_to_unitquat(R) if roma is None else roma.quat_xyzw_to_wxyz(roma.rotmat_to_unitquat(R))
     w = q[..., :1]
     vec = q[..., 1:]
     big = vec.gather(-1, vec.abs().argmax(dim=-1, keepdim=True))
@@ -301,6 +343,8 @@ def umeyama(src: torch.Tensor, dst: torch.Tensor, weights: torch.Tensor | None =
     if sv[1] <= 1e-9 * max(float(sv[0]), 1e-30):
         raise ValueError("umeyama: the source points are collinear (or identical); the rotation "
                          "is not determined")
+    import roma
+
     if with_scale:
         R, t, s = roma.rigid_points_registration(src, dst, weights=weights, compute_scaling=True)
     else:
@@ -333,6 +377,8 @@ def align_trajectories(c2w_pred: torch.Tensor, c2w_gt: torch.Tensor, method: str
                              f"method='rotations'") from None
     elif method == "rotations":
         M = (c2w_gt[:, :3, :3] @ c2w_pred[:, :3, :3].transpose(-1, -2)).sum(0)
+        import roma
+
         R = roma.special_procrustes(M)
         a = cp @ R.T - (cp @ R.T).mean(0)
         b = cg - cg.mean(0)

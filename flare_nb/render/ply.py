@@ -47,7 +47,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from plyfile import PlyData, PlyElement
 
 C0 = 0.28209479177387814
 """Degree-0 real spherical harmonic, 1 / (2 sqrt(pi))."""
@@ -151,6 +150,8 @@ def save_gaussians_ply(path, means, quats, scales, opacities, sh=None, rgb=None)
         vertex[n] = col.astype(np.float32)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    from plyfile import PlyData, PlyElement
+
     PlyData([PlyElement.describe(vertex, "vertex")], text=False, byte_order="<").write(str(path))
     return path
 
@@ -159,6 +160,8 @@ def _read_vertex(path) -> np.ndarray:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no PLY file at {path}")
+    from plyfile import PlyData
+
     try:
         ply = PlyData.read(str(path))
     except Exception as e:  # plyfile raises several types for malformed files
@@ -260,6 +263,8 @@ def save_points_ply(path, points, colors, conf=None) -> Path:
         vertex["confidence"] = conf.astype(np.float32)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    from plyfile import PlyData, PlyElement
+
     PlyData([PlyElement.describe(vertex, "vertex")], text=False, byte_order="<").write(str(path))
     return path
 

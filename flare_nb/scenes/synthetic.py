@@ -2,8 +2,10 @@
 
 A scene is a handful of textured shapes (spheres / ellipsoids, boxes, cylinders, tori) on a
 ground plane (``mode="orbit"``, object-centric like CO3D) or inside a room box
-(``mode="forward"``, a camera walking through a room like RealEstate10K). It is ray cast on
-the CPU with open3d's Embree ``RaycastingScene`` -- all views in one call -- into
+(``mode="forward"``, a camera walking through a room like RealEstate10K). It is ray cast
+-- all views in one call -- with open3d's Embree ``RaycastingScene`` on the CPU, or where open3d
+is missing (or when asked: ``raycast="torch"``) with the torch ray caster of
+:mod:`flare_nb.scenes.raycast_torch` on the CPU or a GPU, into
 
 * ``images`` float32 ``(V, 3, H, W)`` in [0, 1],
 * ``depth``  float32 ``(V, H, W)`` z-depth along the optical axis, 0 where a ray hits nothing
@@ -44,6 +46,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -53,7 +56,7 @@ from flare_nb.cameras import (intrinsics_from_focal, invert_pose, pixel_grid,
 from flare_nb.scenes.preprocess import check_size
 from flare_nb.scenes.scene import Scene
 
-__all__ = ["MODES", "make_scene", "make_cameras", "pointmaps", "SyntheticDataset", "collate_scenes"]
+__all__ = ["MODES", "RAYCAST_BACKENDS", "resolve_raycast", "make_scene", "make_cameras", "pointmaps", "SyntheticDataset", "collate_scenes"]
 
 MODES = ("orbit", "forward")
 HELD_OUT_SEED_START = 1_000_000   # seeds >= this are never used for training (evaluation only)
@@ -96,29 +99,27 @@ def _check_args(seed, n_views, mode):
 # ----------------------------------------------------------------------------- geometry
 
 
+_UNIT_MESHES = Path(__file__).with_name("unit_meshes.npz")
+
+
 @functools.lru_cache(maxsize=None)
 def _unit_mesh(kind: str) -> tuple[np.ndarray, np.ndarray]:
     """Vertices ``(n, 3)`` float64 and triangles ``(m, 3)`` int32 of a unit shape centred at 0:
     sphere radius 1, box [-1, 1]^3, cylinder radius 1 with z in [-1, 1], torus of major
-    radius 1 and tube radius 0.35 around the z axis, quad [-1, 1]^2 at z = 0."""
-    import open3d as o3d
-    g = o3d.geometry.TriangleMesh
-    if kind == "sphere":
-        m = g.create_sphere(radius=1.0, resolution=20)
-    elif kind == "box":
-        m = g.create_box(2.0, 2.0, 2.0).translate((-1.0, -1.0, -1.0))
-    elif kind == "cylinder":
-        m = g.create_cylinder(radius=1.0, height=2.0, resolution=40, split=1)
-    elif kind == "torus":
-        m = g.create_torus(torus_radius=1.0, tube_radius=_TORUS_TUBE, radial_resolution=40,
-                           tubular_resolution=20)
-    elif kind == "quad":
+    radius 1 and tube radius 0.35 around the z axis, quad [-1, 1]^2 at z = 0.
+
+    The curved shapes are open3d's ``TriangleMesh.create_*`` meshes, stored once in
+    ``unit_meshes.npz`` next to this file (``scripts/make_unit_meshes.py``), so building a
+    scene needs no open3d."""
+    if kind == "quad":
         v = np.array([[-1, -1, 0], [1, -1, 0], [1, 1, 0], [-1, 1, 0]], np.float64)
-        return v, np.array([[0, 1, 2], [0, 2, 3]], np.int32)
+        t = np.array([[0, 1, 2], [0, 2, 3]], np.int32)
+    elif kind in _SHAPES:
+        with np.load(_UNIT_MESHES) as f:
+            v = f[f"{kind}_vertices"].astype(np.float64)
+            t = f[f"{kind}_triangles"].astype(np.int32)
     else:  # pragma: no cover - internal
         raise ValueError(kind)
-    v = np.asarray(m.vertices, dtype=np.float64)
-    t = np.asarray(m.triangles, dtype=np.int32)
     v.setflags(write=False)
     t.setflags(write=False)
     return v, t
@@ -472,25 +473,65 @@ def _pixel_centres(H: int, W: int) -> np.ndarray:
     return uv
 
 
-def _render(layout, c2w: np.ndarray, K: np.ndarray, H: int, W: int, n_threads: int = 0):
-    """Ray cast all views at once. Returns float32 images (V, H, W, 3), depth (V, H, W) and
-    int64 masks (V, H, W)."""
-    import open3d as o3d
+RAYCAST_BACKENDS = ("auto", "open3d", "torch")
+
+
+@functools.lru_cache(maxsize=None)
+def _have_open3d() -> bool:
+    try:
+        import open3d  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def resolve_raycast(backend: str) -> str:
+    """``"auto"`` -> ``"open3d"`` where open3d imports, else ``"torch"``; ``"open3d"`` without
+    open3d -> a ``ValueError`` saying what to do."""
+    if backend not in RAYCAST_BACKENDS:
+        raise ValueError(f"raycast backend must be one of {RAYCAST_BACKENDS}, got {backend!r}")
+    if backend == "auto":
+        return "open3d" if _have_open3d() else "torch"
+    if backend == "open3d" and not _have_open3d():
+        raise ValueError("raycast backend 'open3d' needs the open3d package, which is not installed here; "
+                         "use raycast='torch' (config: data.raycast: torch) or install open3d")
+    return backend
+
+
+def _cast(verts, tris, groups, rays, backend, device, n_threads):
+    """Nearest hits of ``rays (R, 6)`` float32 (origin, direction): ``t_hit (R,)`` float32
+    (inf = miss) and triangle ids ``(R,)`` (only read where something was hit)."""
+    if backend == "open3d":
+        import open3d as o3d
+        mesh = o3d.t.geometry.TriangleMesh()
+        mesh.vertex.positions = o3d.core.Tensor(verts)
+        mesh.triangle.indices = o3d.core.Tensor(tris)
+        rc = o3d.t.geometry.RaycastingScene()
+        rc.add_triangles(mesh)
+        ans = rc.cast_rays(o3d.core.Tensor.from_numpy(rays), nthreads=n_threads)
+        return ans["t_hit"].numpy(), ans["primitive_ids"].numpy()
+    from flare_nb.scenes.raycast_torch import cast_rays
+    t_hit, prim = cast_rays(verts, tris, rays[:, :3], rays[:, 3:], groups=groups,
+                            device=torch.device("cpu") if device is None else device)
+    return t_hit.cpu().numpy(), prim.cpu().numpy()
+
+
+def _render(layout, c2w: np.ndarray, K: np.ndarray, H: int, W: int, n_threads: int = 0,
+            raycast: str = "open3d", device=None):
+    """Ray cast all views at once (``raycast``: "open3d" or "torch", the latter on ``device``).
+    Returns float32 images (V, H, W, 3), depth (V, H, W) and int64 masks (V, H, W)."""
     parts = layout["parts"]
-    verts, tris, owner, off = [], [], [], 0
+    verts, tris, owner, groups, off, n_tri = [], [], [], [], 0, 0
     for j, p in enumerate(parts):
         v = p.vertices()
         _, t = _unit_mesh(p.kind)
         verts.append(v)
         tris.append(t + off)
         owner.append(np.full(len(t), j, np.int16))   # int16: radix argsort below
+        groups.append((n_tri, n_tri + len(t)))
         off += len(v)
-    mesh = o3d.t.geometry.TriangleMesh()
-    mesh.vertex.positions = o3d.core.Tensor(np.concatenate(verts).astype(np.float32))
-    mesh.triangle.indices = o3d.core.Tensor(np.concatenate(tris).astype(np.int32))
+        n_tri += len(t)
     owner = np.concatenate(owner)
-    rc = o3d.t.geometry.RaycastingScene()
-    rc.add_triangles(mesh)
 
     V = c2w.shape[0]
     uv = _pixel_centres(H, W)
@@ -501,9 +542,8 @@ def _render(layout, c2w: np.ndarray, K: np.ndarray, H: int, W: int, n_threads: i
     for k in range(3):                                              # world direction R [x, y, 1]
         rays[..., 3 + k] = d_cam[:, 0] * R[:, k, 0, None] + d_cam[:, 1] * R[:, k, 1, None] + R[:, k, 2, None]
     rays = rays.reshape(-1, 6)
-    ans = rc.cast_rays(o3d.core.Tensor.from_numpy(rays), nthreads=n_threads)
-    t_hit = ans["t_hit"].numpy()
-    prim = ans["primitive_ids"].numpy()
+    t_hit, prim = _cast(np.concatenate(verts).astype(np.float32), np.concatenate(tris).astype(np.int32), groups,
+                        rays, raycast, device, n_threads)
 
     n_rays = len(rays)
     hit = np.isfinite(t_hit)
@@ -566,7 +606,7 @@ def make_cameras(seed: int, n_views: int = 4, mode: str = "orbit", n_objects: in
 
 def make_scene(seed: int, n_views: int = 4, size=(128, 128), mode: str = "orbit",
                n_objects: int | None = None, return_masks: bool = False, n_threads: int = 0,
-               orbit_arc=ORBIT_ARC):
+               orbit_arc=ORBIT_ARC, raycast: str = "auto", device=None):
     """A procedural multi-view :class:`~flare_nb.scenes.scene.Scene` with exact cameras and depth.
 
     Args:
@@ -584,6 +624,12 @@ def make_scene(seed: int, n_views: int = 4, size=(128, 128), mode: str = "orbit"
         return_masks: also return the object ids ``(V, H, W)`` int64 (0 sky, 1 ground / room,
             ``2 + k`` object ``k``).
         n_threads: open3d ray casting threads (0 = all cores).
+        raycast: "auto" (open3d where installed, else torch), "open3d" (Embree, CPU) or "torch"
+            (:mod:`flare_nb.scenes.raycast_torch`, on ``device``: CPU by default, or a GPU).
+            Both give the same scene up to float32 rounding: depth within a few ulps, and the
+            hit / miss or object decision may differ at a few silhouette pixels.
+        device: torch device of the "torch" ray caster (default CPU); the scene is returned
+            on the CPU either way.
         orbit_arc: ``(lo, hi)`` degrees, orbit mode: the azimuth span from the first to the last
             view is drawn uniformly in it (default ``ORBIT_ARC`` = (40, 200)); same random
             draws for any range, so only the spread of the cameras changes.
@@ -603,7 +649,8 @@ def make_scene(seed: int, n_views: int = 4, size=(128, 128), mode: str = "orbit"
     layout, c2w, fov = _layout_and_cameras(seed, n_views, mode, n_objects, orbit_arc)
     focal = 0.5 * W / math.tan(0.5 * fov)
     K = intrinsics_from_focal(focal, H, W, dtype=torch.float64).numpy()
-    img, depth, masks = _render(layout, c2w, K, H, W, n_threads=n_threads)
+    img, depth, masks = _render(layout, c2w, K, H, W, n_threads=n_threads, raycast=resolve_raycast(raycast),
+                                device=device)
     scene = Scene(images=torch.from_numpy(np.ascontiguousarray(img.transpose(0, 3, 1, 2))),
                   K=torch.from_numpy(np.repeat(K[None], n_views, 0).astype(np.float32)),
                   c2w=torch.from_numpy(c2w.astype(np.float32)),
@@ -645,12 +692,12 @@ class SyntheticDataset(torch.utils.data.Dataset):
     :class:`~flare_nb.scenes.scene.Scene`; use ``collate_fn=collate_scenes`` in a ``DataLoader``.
     ``cache=True`` keeps each rendered scene (8-bit images, ~80 kB for 4 views of 64x64) and
     returns it again on the next access: a fixed pool of scenes rendered once, for training
-    runs that revisit their scenes many times.
+    runs that revisit their scenes many times. ``raycast`` / ``device``: as in :func:`make_scene`.
     """
 
     def __init__(self, seeds: int | Sequence[int] = 1000, n_views: int = 4, size=(128, 128),
                  modes: Sequence[str] = MODES, n_objects: int | None = None, n_threads: int = 1,
-                 orbit_arc=ORBIT_ARC, cache: bool = False):
+                 orbit_arc=ORBIT_ARC, cache: bool = False, raycast: str = "auto", device=None):
         if isinstance(seeds, (int, np.integer)) and not isinstance(seeds, bool):
             if seeds <= 0:
                 raise ValueError(f"seeds must be a positive count or a sequence of seeds, got {seeds}")
@@ -670,6 +717,7 @@ class SyntheticDataset(torch.utils.data.Dataset):
         self.n_objects, self.n_threads = n_objects, n_threads
         self.orbit_arc = check_orbit_arc(orbit_arc)
         self.cache = bool(cache)
+        self.raycast, self.device = resolve_raycast(raycast), device
         self._cached: dict[int, tuple] = {}
 
     def __len__(self) -> int:
@@ -699,7 +747,8 @@ class SyntheticDataset(torch.utils.data.Dataset):
     def _make(self, i: int, orbit_arc) -> Scene:
         return make_scene(self.seeds[i], self.n_views, self.size, self.modes[i % len(self.modes)],
                           n_objects=self.n_objects, n_threads=self.n_threads,
-                          orbit_arc=self.orbit_arc if orbit_arc is None else orbit_arc)
+                          orbit_arc=self.orbit_arc if orbit_arc is None else orbit_arc,
+                          raycast=self.raycast, device=self.device)
 
 
 def _pack(scene: Scene) -> tuple:

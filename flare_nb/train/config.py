@@ -12,7 +12,7 @@ with these sections; every key is optional and defaults to the value below::
     freeze_encoder: false       # the released model keeps its (pretrained) encoder frozen
     init_from: null             # stage 2: the stage-1 checkpoint whose shared weights start the NVS model
     data:    {kind: synthetic, n_views: 4, size: [128, 128], modes: [orbit, forward],
-              train_seeds: [0, 1000000], val_seeds: [1000000, 1000016], n_objects: null}
+              train_seeds: [0, 1000000], val_seeds: [1000000, 1000016], n_objects: null, raycast: auto}
     optim:   {name: adamw, lr: 3.0e-4, weight_decay: 1.0e-5, betas: [0.9, 0.95], warmup_steps: 100,
               min_lr_ratio: 0.01, grad_clip: 1.0}
     loss:    {pose_weight: 5.0, pose_gamma: 0.8, pose_kind: l1, geometry_weight: 1.0,
@@ -21,10 +21,11 @@ with these sections; every key is optional and defaults to the value below::
     render:  {n_targets: 2, render_context: false, mse_weight: 1.0, ssim_weight: 0.2,
               depth_weight: 0.05, perceptual_weight: 0.0, vgg_weights: null}   # stage 2 only
     run:     {out_dir: runs/train, device: auto, amp: auto, log_every: 10, val_every: 200,
-              ckpt_every: 200, resume: auto, progress: true, num_workers: 0, threads: 0}
+              ckpt_every: 200, resume: auto, progress: true, num_workers: 0, threads: 0, max_minutes: 0}
 
-``run.*`` only says *how* a run executes (where, on what, how often it reports): it may
-change when a run is resumed. Every other field defines the run: a checkpoint refuses to
+``run.*`` only says *how* a run executes (where, on what, how often it reports, when it
+stops): it may change when a run is resumed, and so may ``data.raycast`` (which ray caster
+renders the synthetic scenes: the same scenes up to float32 rounding). Every other field defines the run: a checkpoint refuses to
 resume under a config that differs in any of them (:func:`config_diff`).
 
 Seeds are half-open ranges ``[start, stop)`` or explicit lists. ``data.kind: scenes`` trains
@@ -63,6 +64,9 @@ class DataConfig:
     curriculum_steps: int = 0             # ... to orbit_arc over this many steps (0 = no curriculum)
     cache: bool = False                   # keep each rendered training scene in memory and reuse it (a
                                           # fixed pool: train_seeds [0, N) renders N scenes once)
+    raycast: str = "auto"                 # synthetic scenes' ray caster: auto (open3d where installed, else
+                                          # torch) | open3d | torch (on the training device; the CPU with
+                                          # run.num_workers > 0); the same scenes up to float32 rounding
     paths: list = field(default_factory=list)      # kind: scenes -- scene folders / transforms.json
     val_paths: list = field(default_factory=list)
 
@@ -132,6 +136,8 @@ class RunConfig:
     progress: bool = True
     num_workers: int = 0               # DataLoader worker processes rendering scenes
     threads: int = 0                   # torch.set_num_threads per process; 0 = leave as is
+    max_minutes: float = 0             # stop after this wall time (minutes; 0 = off) with a final
+                                       # validation, checkpoint and log; the same command resumes
 
 
 @dataclass
@@ -218,6 +224,7 @@ class TrainConfig:
             except ValueError as e:
                 raise ValueError(f"config field data.orbit_arc_start: {e}") from None
         need(isinstance(d.cache, bool), "data.cache", "true or false")
+        need(d.raycast in ("auto", "open3d", "torch"), "data.raycast", "'auto', 'open3d' or 'torch'")
         L = self.loss
         need(isinstance(L.match_weight, (int, float)) and not isinstance(L.match_weight, bool) and L.match_weight >= 0,
              "loss.match_weight", "a non-negative number")
@@ -262,6 +269,8 @@ class TrainConfig:
         for name in ("log_every", "val_every", "ckpt_every", "num_workers", "threads"):
             v = getattr(r, name)
             need(_is_int(v) and v >= 0, f"run.{name}", "a non-negative int")
+        need(isinstance(r.max_minutes, (int, float)) and not isinstance(r.max_minutes, bool) and r.max_minutes >= 0,
+             "run.max_minutes", "a non-negative number of minutes (0 = no time limit)")
         need(r.log_every >= 1 and r.ckpt_every >= 1, "run.log_every", "run.log_every and run.ckpt_every >= 1")
         need(r.resume in ("auto", False, None) or isinstance(r.resume, str), "run.resume",
              "'auto', false or a checkpoint path")
@@ -274,6 +283,8 @@ MODEL_CONFIGS = {"tiny": "geometry", "official_geometry": "geometry", "tiny_nvs"
 
 #: Top-level sections that only say how a run executes; they may change on resume.
 RUNTIME_SECTIONS = ("run",)
+#: Single keys that may change on resume too: how the synthetic scenes are ray cast.
+RUNTIME_KEYS = ("data.raycast",)
 
 
 def seed_list(spec) -> list[int]:
@@ -316,8 +327,9 @@ def parse_override(text: str) -> tuple[str, object]:
     return key.strip(), yaml.safe_load(value)
 
 
-def config_diff(saved: dict, current: dict, ignore=RUNTIME_SECTIONS) -> list[str]:
-    """Differences ``"key: saved -> current"`` between two config dicts, ignoring ``ignore`` sections."""
+def config_diff(saved: dict, current: dict, ignore=RUNTIME_SECTIONS, ignore_keys=RUNTIME_KEYS) -> list[str]:
+    """Differences ``"key: saved -> current"`` between two config dicts, ignoring ``ignore``
+    sections and the dotted keys ``ignore_keys``."""
     out = []
 
     def walk(a, b, prefix):
@@ -325,6 +337,8 @@ def config_diff(saved: dict, current: dict, ignore=RUNTIME_SECTIONS) -> list[str
             if not prefix and k in ignore:
                 continue
             name = f"{prefix}{k}"
+            if name in ignore_keys:
+                continue
             va, vb = a.get(k, "<missing>"), b.get(k, "<missing>")
             if isinstance(va, dict) and isinstance(vb, dict):
                 walk(va, vb, name + ".")

@@ -10,7 +10,7 @@ from flare_nb.scenes.scene import load_scene
 from flare_nb.scenes.synthetic import SyntheticDataset
 from flare_nb.train.config import TrainConfig, seed_list
 
-__all__ = ["slot_generator", "make_datasets", "n_targets", "orbit_arc_at", "StepBatches", "collate", "model_inputs", "b_to"]
+__all__ = ["slot_generator", "make_datasets", "raycast_device", "n_targets", "orbit_arc_at", "StepBatches", "collate", "model_inputs", "b_to"]
 
 
 def slot_generator(seed: int, step: int, slot: int, salt: int) -> torch.Generator:
@@ -22,7 +22,8 @@ def make_datasets(cfg: TrainConfig):
     d = cfg.data
     if d.kind == "synthetic":
 
-        kw = dict(n_objects=d.n_objects, orbit_arc=tuple(d.orbit_arc))
+        kw = dict(n_objects=d.n_objects, orbit_arc=tuple(d.orbit_arc), raycast=d.raycast,
+                  device=raycast_device(cfg))
         n = d.n_views + n_targets(cfg)           # stage 2: target views come from the same sequence
         train = SyntheticDataset(seed_list(d.train_seeds), n, tuple(d.size), d.modes, cache=d.cache, **kw)
         vs = seed_list(d.val_seeds)
@@ -31,6 +32,19 @@ def make_datasets(cfg: TrainConfig):
 
     size = (int(d.size[0]), int(d.size[1]))            # (W, H), as load_scene takes it
     return [load_scene(p, size=size) for p in d.paths], [load_scene(p, size=size) for p in d.val_paths]
+
+
+def raycast_device(cfg: TrainConfig):
+    """Where the torch ray caster renders synthetic scenes: the training device, but the CPU when
+    DataLoader worker processes render them (a forked worker cannot use CUDA)."""
+    if cfg.run.num_workers > 0:
+        return torch.device("cpu")
+    from flare_nb.device import resolve_device
+
+    dev = resolve_device(cfg.run.device)
+    if dev.type == "cuda" and dev.index is None:
+        dev = torch.device("cuda", torch.cuda.current_device())   # this process's GPU under DDP
+    return dev
 
 
 def n_targets(cfg: TrainConfig) -> int:

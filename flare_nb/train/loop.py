@@ -32,6 +32,8 @@ What a run does (config fields in :mod:`flare_nb.train.config`):
 * ``out_dir``: ``checkpoint.pt`` (atomic: written to ``checkpoint.pt.tmp`` then
   ``os.replace``; model, optimizer, scheduler, RNG states, step, config), ``log.jsonl`` (one
   JSON record per logged step / validation), ``loss_curves.png``, ``config.yaml``.
+* ``run.max_minutes``: after that much wall time the run validates, checkpoints and stops
+  (a GPU job with a time limit); the same command resumes it.
 * resume (``run.resume: auto``): continues bit-identically from ``checkpoint.pt``; refuses a
   checkpoint written under a different config (every field outside ``run``); Ctrl-C saves
   the last completed step first; a non-finite loss stops the run naming the step and scenes.
@@ -125,8 +127,12 @@ def train(cfg: TrainConfig, dataset=None, val_dataset=None, stop_at: int | None 
 
 
 def _train(cfg, dataset, val_dataset, stop_at, callback, world, rank, local, resolve_device, autocast_dtype):
-    from tqdm.auto import tqdm
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:                      # a bare training machine: plain lines instead of a bar
+        tqdm = _PlainBar
 
+    t_wall = time.time()
     R = cfg.run
     if R.threads:
         torch.set_num_threads(R.threads)
@@ -322,10 +328,19 @@ def _train(cfg, dataset, val_dataset, stop_at, callback, world, rank, local, res
                 bar.set_postfix(loss=f"{vals['loss']:.4f}", lr=f"{rec['lr']:.2e}")
             if callback is not None and main_proc:
                 callback(rec)
-            if R.val_every and done % R.val_every == 0 and done < cfg.steps:
+            out_of_time = _out_of_time(R.max_minutes, t_wall, ddp, device) and done < end
+            if out_of_time and done % R.log_every and done != end:
+                history.append(rec)
+                if main_proc:
+                    append_log(out_dir / LOG_NAME, rec)
+            if R.val_every and done % R.val_every == 0 and done < cfg.steps or out_of_time:
                 validate(done)
-            if done < cfg.steps and (done % R.ckpt_every == 0 or done == end):
+            if done < cfg.steps and (done % R.ckpt_every == 0 or done == end or out_of_time):
                 checkpoint(done)
+            if out_of_time:
+                say(f"run.max_minutes = {R.max_minutes} reached at step {done}/{cfg.steps}: saved {ck_path}; "
+                    "run the same command again to continue")
+                break
     except KeyboardInterrupt:
         bar.close()
         if not updating and done > start:
@@ -361,3 +376,33 @@ def _check_finite(value, what, step, batch, parts, ck_path, last_ck, ddp, device
 
 def _identity(x):
     return x
+
+
+def _out_of_time(max_minutes, t_wall, ddp, device) -> bool:
+    """Whether ``run.max_minutes`` of wall time have passed since the run started (every process
+    takes rank 0's decision, so they stop at the same step)."""
+    if not max_minutes:
+        return False
+    if not ddp:
+        return time.time() - t_wall >= 60.0 * max_minutes
+    flag = torch.tensor([1.0 if time.time() - t_wall >= 60.0 * max_minutes else 0.0], device=device)
+    dist.broadcast(flag, src=0)
+    return bool(flag.item() > 0)
+
+
+class _PlainBar:
+    """Stands in for tqdm where it is not installed: no bar, messages printed as lines."""
+
+    def __init__(self, *args, **kwargs):
+        pass
+
+    write = staticmethod(print)
+
+    def update(self, n=1):
+        pass
+
+    def set_postfix(self, **kwargs):
+        pass
+
+    def close(self):
+        pass
