@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 from collections.abc import Sequence
 
 import numpy as np
@@ -93,6 +94,14 @@ def _check_args(seed, n_views, mode):
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
 
 
+def _open3d():
+    """open3d, imported without its Jupyter web visualiser (which prints a banner into the
+    notebook and registers a comm nobody answers); a user's own OPEN3D_DISABLE_WEB_VISUALIZER wins."""
+    os.environ.setdefault("OPEN3D_DISABLE_WEB_VISUALIZER", "true")
+    import open3d
+    return open3d
+
+
 # ----------------------------------------------------------------------------- geometry
 
 
@@ -101,7 +110,7 @@ def _unit_mesh(kind: str) -> tuple[np.ndarray, np.ndarray]:
     """Vertices ``(n, 3)`` float64 and triangles ``(m, 3)`` int32 of a unit shape centred at 0:
     sphere radius 1, box [-1, 1]^3, cylinder radius 1 with z in [-1, 1], torus of major
     radius 1 and tube radius 0.35 around the z axis, quad [-1, 1]^2 at z = 0."""
-    import open3d as o3d
+    o3d = _open3d()
     g = o3d.geometry.TriangleMesh
     if kind == "sphere":
         m = g.create_sphere(radius=1.0, resolution=20)
@@ -475,7 +484,7 @@ def _pixel_centres(H: int, W: int) -> np.ndarray:
 def _render(layout, c2w: np.ndarray, K: np.ndarray, H: int, W: int, n_threads: int = 0):
     """Ray cast all views at once. Returns float32 images (V, H, W, 3), depth (V, H, W) and
     int64 masks (V, H, W)."""
-    import open3d as o3d
+    o3d = _open3d()
     parts = layout["parts"]
     verts, tris, owner, off = [], [], [], 0
     for j, p in enumerate(parts):
