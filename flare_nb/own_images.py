@@ -179,13 +179,17 @@ def plot_confidence(res: dict, c2w=None, K=None, hw=None):
     return fig
 
 
+def _confidence_line(res: dict) -> str:
+    return (f"drop the least confident {res['drop']:.0%} per view: {res['n_kept']} of {res['n_total']} points kept "
+            f"({res['fraction']:.1%})")
+
+
 def confidence_callback(pts, conf, images, drop: float = 0.5, c2w=None, K=None, hw=None, show: bool = True,
                         max_points: int = 8000) -> dict:
-    """The confidence widget's callback: :func:`confidence_points`, one printed line and
-    (``show``) :func:`plot_confidence`. Returns the dict of :func:`confidence_points`."""
+    """What the confidence widget draws, as a plain call: :func:`confidence_points`, one printed
+    line and (``show``) :func:`plot_confidence`. Returns the dict of :func:`confidence_points`."""
     res = confidence_points(pts, conf, images, drop, max_points=max_points)
-    print(f"drop the least confident {drop:.0%} per view: {res['n_kept']} of {res['n_total']} points kept "
-          f"({res['fraction']:.1%})")
+    print(_confidence_line(res))
     if show:
         import matplotlib.pyplot as plt
 
@@ -194,14 +198,22 @@ def confidence_callback(pts, conf, images, drop: float = 0.5, c2w=None, K=None, 
     return res
 
 
-def make_confidence_widget(pts, conf, images, c2w=None, K=None, hw=None, value: float = 0.5):
-    """An ipywidgets slider (fraction of each view's least confident points to drop, 0-0.95)
-    around :func:`confidence_callback`. Display it as a cell's last expression."""
+def make_confidence_widget(pts, conf, images, c2w=None, K=None, hw=None, value: float = 0.5,
+                           max_points: int = 8000):
+    """A slider (fraction of each view's least confident points to drop, 0-0.95) above the
+    line and figure of :func:`confidence_callback`, as a :func:`flare_nb.nb.panel.figure_panel`
+    (drawn without output capture, so a headless papermill run does not stall on it). Display
+    it as a cell's last expression."""
     import ipywidgets as W
 
-    return W.interactive(lambda drop: confidence_callback(pts, conf, images, drop, c2w, K, hw),
-                         drop=W.FloatSlider(value=value, min=0.0, max=0.95, step=0.05, description="drop",
-                                            continuous_update=False))
+    from flare_nb.nb.panel import figure_panel
+
+    def draw(drop):
+        res = confidence_points(pts, conf, images, drop, max_points=max_points)
+        return [_confidence_line(res), plot_confidence(res, c2w, K, hw)]
+
+    return figure_panel(draw, {"drop": W.FloatSlider(value=value, min=0.0, max=0.95, step=0.05, description="drop",
+                                                     continuous_update=False)})
 
 
 # ----------------------------------------------------------------------------- files

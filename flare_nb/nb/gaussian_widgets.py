@@ -144,38 +144,38 @@ def orbit_view(gaussians: dict, target, radius: float, azimuth_deg: float, eleva
 
 def make_toy_widget(size: int = 96):
     """ipywidgets sliders (3 scales, opacity, 3 angles) around :func:`toy_view`; returns the
-    ``ipywidgets.interactive`` widget (display it). Notebook 05."""
+    :func:`flare_nb.nb.panel.figure_panel` (display it). Notebook 05."""
     import ipywidgets as W
-    import matplotlib.pyplot as plt
+
+    from flare_nb.nb.panel import figure_panel
 
     fs = lambda v, lo, hi, step, d: W.FloatSlider(value=v, min=lo, max=hi, step=step, description=d,  # noqa: E731
                                                   continuous_update=False)
 
     def update(scale_x, scale_y, scale_z, opacity, rx, ry, rz):
-        toy_view(scale_x, scale_y, scale_z, opacity, rx, ry, rz, size=size)
-        plt.show()
+        return toy_view(scale_x, scale_y, scale_z, opacity, rx, ry, rz, size=size)[0].figure
 
-    return W.interactive(update, scale_x=fs(0.3, 0.01, 1.0, 0.01, "scale x"), scale_y=fs(0.1, 0.01, 1.0, 0.01, "scale y"),
-                         scale_z=fs(0.1, 0.01, 1.0, 0.01, "scale z"), opacity=fs(0.8, 0.0, 1.0, 0.01, "opacity"),
-                         rx=fs(0.0, -180, 180, 5, "rx (deg)"), ry=fs(0.0, -180, 180, 5, "ry (deg)"),
-                         rz=fs(0.0, -180, 180, 5, "rz (deg)"))
+    return figure_panel(update, dict(scale_x=fs(0.3, 0.01, 1.0, 0.01, "scale x"), scale_y=fs(0.1, 0.01, 1.0, 0.01, "scale y"),
+                        scale_z=fs(0.1, 0.01, 1.0, 0.01, "scale z"), opacity=fs(0.8, 0.0, 1.0, 0.01, "opacity"),
+                        rx=fs(0.0, -180, 180, 5, "rx (deg)"), ry=fs(0.0, -180, 180, 5, "ry (deg)"),
+                        rz=fs(0.0, -180, 180, 5, "rz (deg)")))
 
 
 def make_orbit_widget(gaussians: dict, target, K: torch.Tensor, hw, radius: float, azimuth_deg: float = 0.0,
                       elevation_deg: float = 20.0, up=(0.0, 0.0, 1.0), reference=None, background=None):
     """ipywidgets sliders (azimuth, elevation, radius) around :func:`orbit_view`, starting at
-    the given values; returns the ``ipywidgets.interactive`` widget. Notebook 05."""
+    the given values; returns a :func:`flare_nb.nb.panel.figure_panel`. Notebook 05."""
     import ipywidgets as W
-    import matplotlib.pyplot as plt
+
+    from flare_nb.nb.panel import figure_panel
 
     def update(azimuth, elevation, radius):
-        orbit_view(gaussians, target, radius, azimuth, elevation, K, hw, up, reference, background)
-        plt.show()
+        return orbit_view(gaussians, target, radius, azimuth, elevation, K, hw, up, reference, background)[0].figure
 
-    return W.interactive(update,
+    return figure_panel(update, dict(
                          azimuth=W.FloatSlider(value=azimuth_deg, min=azimuth_deg - 180, max=azimuth_deg + 180, step=5,
                                                description="azimuth", continuous_update=False),
                          elevation=W.FloatSlider(value=elevation_deg, min=-80, max=80, step=5, description="elevation",
                                                  continuous_update=False),
                          radius=W.FloatSlider(value=radius, min=0.3 * radius, max=2.0 * radius, step=0.05 * radius,
-                                              description="radius", continuous_update=False))
+                                              description="radius", continuous_update=False)))

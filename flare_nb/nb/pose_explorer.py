@@ -314,9 +314,10 @@ def make_pose_explorer(model, cache: dict, max_deg: float = 30.0, max_shift: flo
     """ipywidgets panel: a view dropdown, sliders ``rx ry rz`` (degrees, +-``max_deg``) and
     ``tx ty tz`` (+-``max_shift`` units of :func:`translation_unit`), and a dropdown for the
     stage the pose is fed to, around :func:`explore_pose` + :func:`plot_pose_explorer`.
-    Returns the ``ipywidgets.interactive`` (display it as a cell's last expression)."""
+    Returns a :func:`flare_nb.nb.panel.figure_panel` (display it as a cell's last expression)."""
     import ipywidgets as W
-    import matplotlib.pyplot as plt
+
+    from flare_nb.nb.panel import figure_panel
 
     V = cache["V"]
 
@@ -325,17 +326,16 @@ def make_pose_explorer(model, cache: dict, max_deg: float = 30.0, max_shift: flo
 
     def update(view, rx, ry, rz, tx, ty, tz, stage):
         state = explore_pose(model, cache, view, rx, ry, rz, tx, ty, tz, stage)
-        plot_pose_explorer(state)
-        plt.show()
-        print(f"rotation {state['rotation_deg']:.2f} deg, centre shift {state['centre_shift']:.4g} "
-              f"(unit {state['unit']:.4g}); reprojection covers {state['coverage']:.1%}; response (learned) "
-              f"{[round(r, 4) for r in state['response'].tolist()]}")
+        fig = plot_pose_explorer(state)
+        return [fig, f"rotation {state['rotation_deg']:.2f} deg, centre shift {state['centre_shift']:.4g} "
+                     f"(unit {state['unit']:.4g}); reprojection covers {state['coverage']:.1%}; response (learned) "
+                     f"{[round(r, 4) for r in state['response'].tolist()]}"]
 
-    return W.interactive(update,
+    return figure_panel(update, dict(
                          view=W.Dropdown(options=[(f"view {i}", i) for i in range(V)], value=min(1, V - 1),
                                          description="view"),
                          rx=slider(max_deg, 1.0, "rx (deg)"), ry=slider(max_deg, 1.0, "ry (deg)"),
                          rz=slider(max_deg, 1.0, "rz (deg)"), tx=slider(max_shift, 0.01, "tx"),
                          ty=slider(max_shift, 0.01, "ty"), tz=slider(max_shift, 0.01, "tz"),
                          stage=W.Dropdown(options=[("stage 3 (projector)", 3), ("stage 2", 2)], value=3,
-                                          description="pose fed to"))
+                                          description="pose fed to")))

@@ -24,8 +24,9 @@ class Recorder:
         self.path = Path(directory) if directory is not None else record_dir()
         self.values: dict[str, float | int | str | bool] = {}
 
-    def log(self, name: str, value):
-        """Record one scalar (number, bool or short string) and return it unchanged."""
+    def log(self, name: str, value) -> None:
+        """Record one scalar (number, bool or short string). Returns nothing, so a cell that ends
+        with ``rec.log(...)`` shows no ``Out[]`` line; print the value where the reader should see it."""
         v = value.item() if hasattr(value, "item") else value
         if isinstance(v, float) and not math.isfinite(v):
             raise ValueError(f"{self.notebook}: recorded value {name!r} is not finite ({v})")
@@ -36,4 +37,3 @@ class Recorder:
         tmp = self.path / f".{self.notebook}.json.tmp"
         tmp.write_text(json.dumps(self.values, indent=1, sort_keys=True))
         os.replace(tmp, self.path / f"{self.notebook}.json")
-        return value

@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -94,6 +95,14 @@ def _check_args(seed, n_views, mode):
         raise ValueError(f"n_views must be an int >= 2 (a Scene needs at least 2 views), got {n_views!r}")
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+
+
+def _open3d():
+    """open3d, imported without its Jupyter web visualiser (which prints a banner into the
+    notebook and registers a comm nobody answers); a user's own OPEN3D_DISABLE_WEB_VISUALIZER wins."""
+    os.environ.setdefault("OPEN3D_DISABLE_WEB_VISUALIZER", "true")
+    import open3d
+    return open3d
 
 
 # ----------------------------------------------------------------------------- geometry
@@ -479,7 +488,7 @@ RAYCAST_BACKENDS = ("auto", "open3d", "torch")
 @functools.lru_cache(maxsize=None)
 def _have_open3d() -> bool:
     try:
-        import open3d  # noqa: F401
+        _open3d()
     except ImportError:
         return False
     return True
@@ -502,7 +511,7 @@ def _cast(verts, tris, groups, rays, backend, device, n_threads):
     """Nearest hits of ``rays (R, 6)`` float32 (origin, direction): ``t_hit (R,)`` float32
     (inf = miss) and triangle ids ``(R,)`` (only read where something was hit)."""
     if backend == "open3d":
-        import open3d as o3d
+        o3d = _open3d()
         mesh = o3d.t.geometry.TriangleMesh()
         mesh.vertex.positions = o3d.core.Tensor(verts)
         mesh.triangle.indices = o3d.core.Tensor(tris)
