@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
   apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends libusb-1.0-0 libgl1 libgomp1 >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends libusb-1.0-0 libgl1 libgomp1 chromium >/dev/null
 fi
 if [ "${FLARE_NB_KEEP_TORCH:-0}" != 1 ]; then
   python -m pip install -q torch==2.13.0

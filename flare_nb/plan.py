@@ -8,7 +8,8 @@ Everything is computed here, on the user's machine, without the weights:
   weights at 4 (fp32) or 2 (bf16) bytes per parameter and one 12-megapixel photo decoded;
 * floating-point operations: one forward of the released network on ``meta`` tensors of the
   asked size under ``torch.utils.flop_counter.FlopCounterMode`` (matmuls, attention and
-  convolutions counted exactly from their shapes; RoPE and elementwise work left out). The
+  convolutions counted exactly from their shapes, attention as plain matrix products; RoPE
+  and elementwise work left out). The
   input checks and RoPE's table size read tensor values, which meta tensors do not have, so
   they are bypassed for this count only. With ``--model nvs`` the geometry model that
   estimates the intrinsics runs first and is counted too;
@@ -42,6 +43,7 @@ def _meta_model(cfg):
 def count_flops(cfg, V: int, H: int, W: int, model=None) -> int:
     """Floating-point operations of one forward of ``cfg`` on ``V`` views of ``H x W`` (batch 1),
     counted on meta tensors (module docstring)."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
     from torch.utils.flop_counter import FlopCounterMode
 
     import flare_nb.model.blocks as blocks
@@ -51,13 +53,16 @@ def count_flops(cfg, V: int, H: int, W: int, model=None) -> int:
     object.__setattr__(m, "check_images", lambda images: images)   # reads values; shapes were checked
     x = torch.empty(1, V, 3, H, W, device="meta")
     kw = {"intrinsics": torch.empty(1, V, 4, device="meta")} if cfg.kind == "nvs" else {}
+    fast = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)      # the fused MHA op is not counted; its parts are
     try:
         with mock.patch.object(blocks, "apply_rope2d", lambda t, pos, base: t), \
                 mock.patch.object(flare, "intrinsics_vector", lambda k, B, V: k), \
-                FlopCounterMode(display=False) as fc:
+                sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as fc:
             m(x, **kw)
     finally:
         m.__dict__.pop("check_images", None)
+        torch.backends.mha.set_fastpath_enabled(fast)
     return int(fc.get_total_flops())
 
 
