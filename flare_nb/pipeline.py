@@ -15,7 +15,10 @@ official resize + centre crop, ``flare_nb.scenes.preprocess``) -> choose the ref
 (:mod:`flare_nb.scenes.reference_view`) and put it first -> ``flare_nb.inference.reconstruct``
 (pose heads, pointmaps, focal, PnP cameras as the released demo) -> exports
 (:mod:`flare_nb.export`): ``cameras.json``, ``sparse/0/`` (COLMAP text), ``transforms.json``,
-``points.ply``, ``gaussians.ply``, ``renders/``, ``summary.png``, ``images/``, ``report.md``.
+``points.ply``, ``gaussians.ply``, ``renders/``, ``summary.png``, ``images/``, ``report.md``,
+``scene.html`` (offline 3D page, :mod:`flare_nb.scene_page`) and ``scene.glb`` (:mod:`flare_nb.glb`).
+``model="nvs"`` runs the NVS model (:mod:`flare_nb.nvs_run`); ``dtype="bf16"`` keeps the weights in
+bfloat16 (:mod:`flare_nb.bf16`).
 
 Cameras written: the demo's PnP cameras and the focal from view 0's global pointmap when they
 could be computed (they share the pointmap's frame and units); otherwise the refined
@@ -334,7 +337,8 @@ def estimate_memory_bytes(cfg, n_params: int, V: int, H: int, W: int, device: st
     """Estimated peak memory (bytes) of a reconstruction of ``V`` views of ``H x W`` with a model
     of config ``cfg`` (:data:`MEMORY_MODEL`); ``photo_pixels``: pixels of the largest photo
     (decoded on the CPU: counted for CPU runs); ``param_bytes``: 4 (float32 weights) or 2
-    (``--dtype bf16``; activations are still counted at 4 bytes, an upper bound)."""
+    (``--dtype bf16``; activations are still counted at 4 bytes, an upper bound; loading still
+    peaks at the float32 weights, which are rounded after loading)."""
     m = MEMORY_MODEL
     N = (H // cfg.patch_size) * (W // cfg.patch_size)
     width = max(cfg.enc_dim, int(cfg.dec_dim * cfg.dec_mlp_ratio))
@@ -344,7 +348,10 @@ def estimate_memory_bytes(cfg, n_params: int, V: int, H: int, W: int, device: st
     attention = m["c"] * max(cfg.enc_heads, cfg.dec_heads) * (V * N) ** 2 * 4
     pixels = m["b"] * V * H * W * cfg.dpt_feature_dim * 4 + m["e"] * V * H * W
     decode = 0.0 if cuda else decode_bytes(photo_pixels)
-    return m["base"] + weights + tokens + attention + pixels + decode
+    total = m["base"] + weights + tokens + attention + pixels + decode
+    if param_bytes < 4:     # bf16: the weights are loaded as float32 first, then rounded (flare_nb.bf16)
+        total = max(total, m["base"] + n_params * 4 + decode)
+    return total
 
 
 def available_memory_bytes(device) -> float | None:

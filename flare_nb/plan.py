@@ -14,8 +14,9 @@ Everything is computed here, on the user's machine, without the weights:
   they are bypassed for this count only. With ``--model nvs`` the geometry model that
   estimates the intrinsics runs first and is counted too;
 * time: those operations divided by the rate this machine reaches NOW on a matrix product of
-  the released model's MLP shape (``(V N) x 1024 @ 1024 x 4096``, the asked dtype, best of a
-  few runs). Attention, convolutions and memory-bound layers run below that rate, so the
+  the released model's MLP shape (``rows x 1024 @ 1024 x 4096``, :func:`matmul_rate`) in the
+  precision the products run in (float32 on the CPU, also with bf16 weights, :mod:`flare_nb.bf16`;
+  bf16 on CUDA, autocast). Attention, convolutions and memory-bound layers run below that rate, so the
   figure is a LOWER bound; the printed rate and operation count show how it was derived.
 """
 from __future__ import annotations
@@ -134,7 +135,9 @@ def run_plan(views: int, size, dtype: str = "fp32", model: str = "geometry", dev
          "the file also holds modules the release never calls)"
          + ("; plus geometry_pose.pth (same size) to estimate the intrinsics" if model == "nvs" else ""),
          f"  memory:      about {mem / 1e9:.1f} GB peak (the memory guard's estimate, "
-         f"flare_nb.pipeline.MEMORY_MODEL, one {ASSUMED_PHOTO_PIXELS / 1e6:.0f}-megapixel photo decoded)"]
+         f"flare_nb.pipeline.MEMORY_MODEL, one {ASSUMED_PHOTO_PIXELS / 1e6:.0f}-megapixel photo decoded"
+         + ("; loading peaks at the float32 weights, rounded to bf16 after loading" if dtype == "bf16" else "")
+         + ")"]
     have = None
     try:
         have = available_memory_bytes(device) if device == "cpu" or torch.cuda.is_available() else None
@@ -149,14 +152,13 @@ def run_plan(views: int, size, dtype: str = "fp32", model: str = "geometry", dev
         L.append("  time:        not measured: no CUDA GPU is visible here; operations / your GPU's dense "
                  f"{dtype} rate is a lower bound")
     else:
-        rate, rows = matmul_rate(views * N, tdtype, device)
+        # the precision the products run in: float32 on the CPU (bf16 weights are widened layer by
+        # layer, flare_nb.bf16), bf16 on CUDA (autocast, whatever the weights)
+        cdtype, cname = (torch.float32, "fp32") if device == "cpu" else (torch.bfloat16, "bf16")
+        rate, rows = matmul_rate(views * N, cdtype, device)
         L.append(f"  time:        at least {_duration(flops / rate)} for the network (operations / {rate / 1e9:.3g} "
-                 f"GFLOP/s, the rate this {device} reaches now on a {rows}x1024 @ 1024x4096 {dtype} matrix "
+                 f"GFLOP/s, the rate this {device} reaches now on a {rows}x1024 @ 1024x4096 {cname} matrix "
                  "product; attention, convolutions and memory-bound layers are slower), plus loading the weights "
-                 "and PnP")
-        if dtype == "bf16" and device == "cpu":
-            r32, _ = matmul_rate(views * N, torch.float32, device)
-            if r32 > 2 * rate:
-                L.append(f"  note:        bf16 products run {r32 / rate:.0f}x slower than float32 ({r32 / 1e9:.3g} "
-                         "GFLOP/s) on this CPU (no bfloat16 instructions): bf16 saves memory, not time")
+                 "and PnP" + ("; bf16 weights compute in float32 on the CPU: same time, half the weight memory"
+                              if dtype == "bf16" and device == "cpu" else ""))
     return "\n".join(L)
