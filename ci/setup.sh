@@ -8,6 +8,9 @@ cd "$(dirname "$0")/.."
 if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends libusb-1.0-0 libgl1 libgomp1 chromium >/dev/null
+  if ! command -v npm >/dev/null 2>&1; then
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends npm >/dev/null
+  fi
 fi
 # MathJax 2 for the offline HTML book (ci/build_book.py copies it next to the pages)
 if command -v npm >/dev/null 2>&1 && [ ! -f ci/vendor/node_modules/mathjax/MathJax.js ]; then

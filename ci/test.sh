@@ -18,6 +18,8 @@ python -m pytest -q "$@"
 echo "== notebooks (papermill, quick parameters) =="
 python ci/run_notebooks.py --out "$ARTIFACTS/notebooks"
 
+python ci/check_scene_page.py --screenshot "$ARTIFACTS/scene_page.png"   # scene.html in headless chromium, offline
+
 echo "== recorded numbers =="
 python ci/check_records.py --records "$FLARE_NB_RECORD_DIR" --expected ci/expected
 

@@ -8,6 +8,8 @@
 
              [--poses transforms.json|COLMAP_MODEL] [--intrinsics fx fy cx cy | FILE | exif | estimate]
     flare-nb reconstruct VIDEO.mp4 --out DIR [--views 8]          # sharp, evenly spread frames of a video
+             [--model geometry|nvs] [--geometry-checkpoint PATH] [--dtype fp32|bf16]
+    flare-nb plan --views V --size WxH [--dtype fp32|bf16] [--model geometry|nvs] [--device cpu|cuda]
 
 Argument parsing only: the work is :func:`flare_nb.pipeline.reconstruct_to_folder` (its module
 docstring lists the steps, the files written and the staging folder + manifest of
@@ -68,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="flare-nb", description="FLARE: poses, pointmaps and Gaussians from 2-8 "
                 "uncalibrated photos, exported as COLMAP / nerfstudio / PLY files.", epilog=EXIT_CODES_HELP)
     p.add_argument("--debug", action="store_true", help="show the full traceback on errors")
-    sub = p.add_subparsers(dest="command", metavar="{demo,reconstruct}")
+    sub = p.add_subparsers(dest="command", metavar="{demo,reconstruct,plan}")
 
     def common(q, out_default):
         q.add_argument("--out", default=out_default, help="output folder (new or empty; see --force); written "
@@ -92,6 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
         q.add_argument("--no-render", action="store_true", help="skip rendering the Gaussians")
         q.add_argument("--force", action="store_true", help="replace the files an earlier flare-nb run wrote "
                        "into --out (listed in its .flare-nb-manifest.json); other files are never touched")
+        _output_group(q)
 
     d = sub.add_parser("demo", help="reconstruct the bundled room scene (data/real/room)", epilog=EXIT_CODES_HELP)
     common(d, "flare_nb_demo")
@@ -111,7 +114,29 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--views", type=int, default=DEMO_VIEWS,
                    help=f"with a video as input: how many frames to take (2-{MOST_VIEWS}, default {DEMO_VIEWS})")
     common(r, None)
+    pl = sub.add_parser("plan", help="memory and time estimate of the released models, before downloading them",
+                        epilog=EXIT_CODES_HELP)
+    pl.add_argument("--views", type=int, required=True, help="number of photos (2-8)")
+    pl.add_argument("--size", required=True, help="input size WxH, multiples of 64 (e.g. 512x384)")
+    pl.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"], help="weights in float32 or bfloat16")
+    pl.add_argument("--model", default="geometry", choices=["geometry", "nvs"], help="which released model")
+    pl.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where it would run (default cpu)")
     return p
+
+
+def _output_group(q) -> None:
+    """The model-output options of demo / reconstruct (flare_nb.nvs_run, flare_nb.scene_page, flare_nb.plan)."""
+    g = q.add_argument_group("model and precision")
+    g.add_argument("--model", default="geometry", choices=["geometry", "nvs"],
+                   help="geometry (default): Gaussians of the pointmap; nvs: the NVS model (data/checkpoints/"
+                        "tiny_nvs.pt, or the released NVS.pth by --checkpoint with --config official_geometry) "
+                        "writes its Gaussian head's Gaussians and renders")
+    g.add_argument("--geometry-checkpoint", default=None, metavar="PATH",
+                   help="--model nvs: the geometry model whose camera-centric pointmaps give the intrinsics "
+                        "(default data/checkpoints/tiny_geometry.pt for the tiny size; required for the released size)")
+    g.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"],
+                   help="fp32 (default) or bf16: bfloat16 weights, half the weight memory (the released model on "
+                        "a CPU with little memory); outputs differ by the bf16 rounding")
 
 
 def _one_line(e: BaseException) -> str:
@@ -145,12 +170,18 @@ def _main(argv=None) -> int:
         parser.print_help()
         return EXIT_BAD_INPUT
     try:
+        if args.command == "plan":
+            from flare_nb.plan import run_plan
+
+            print(run_plan(args.views, parse_size(args.size), args.dtype, args.model, args.device))
+            return EXIT_OK
         # imported here, after parsing: torch loads with it, and a Ctrl-C meanwhile is answered by main()
         from flare_nb.pipeline import reconstruct_to_folder
 
         kw = dict(checkpoint=args.checkpoint, config=args.config, device=args.device, ref_view=args.ref_view,
                   conf_threshold=args.conf_threshold, force=args.force, max_views=args.max_views,
-                  pnp_iterations=args.pnp_iterations, render=not args.no_render)
+                  pnp_iterations=args.pnp_iterations, render=not args.no_render,
+                  model=args.model, dtype=args.dtype, geometry_checkpoint=args.geometry_checkpoint)
         kw["size"] = None if args.size is None else parse_size(args.size)
         if args.command == "demo":
             room = data_dir() / "real" / "room"

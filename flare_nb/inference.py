@@ -344,6 +344,8 @@ def reconstruct(model: FlareModel, images, size=None, device="auto", pnp: bool =
     x01, info, t_pre = _as_images01(images, size, model.cfg.multiple)
     model.to(dev).eval()
     pdtype = next(model.parameters()).dtype
+    if getattr(model, "bf16_weights", None) == "float32 compute":     # flare_nb.bf16: bf16 storage only
+        pdtype = torch.float32
     V, _, H, W = x01.shape
 
     x = to_model_input(x01)[None].to(dev, pdtype)

@@ -15,7 +15,10 @@ official resize + centre crop, ``flare_nb.scenes.preprocess``) -> choose the ref
 (:mod:`flare_nb.scenes.reference_view`) and put it first -> ``flare_nb.inference.reconstruct``
 (pose heads, pointmaps, focal, PnP cameras as the released demo) -> exports
 (:mod:`flare_nb.export`): ``cameras.json``, ``sparse/0/`` (COLMAP text), ``transforms.json``,
-``points.ply``, ``gaussians.ply``, ``renders/``, ``summary.png``, ``images/``, ``report.md``.
+``points.ply``, ``gaussians.ply``, ``renders/``, ``summary.png``, ``images/``, ``report.md``,
+``scene.html`` (offline 3D page, :mod:`flare_nb.scene_page`) and ``scene.glb`` (:mod:`flare_nb.glb`).
+``model="nvs"`` runs the NVS model (:mod:`flare_nb.nvs_run`); ``dtype="bf16"`` keeps the weights in
+bfloat16 (:mod:`flare_nb.bf16`).
 
 Cameras written: the demo's PnP cameras and the focal from view 0's global pointmap when they
 could be computed (they share the pointmap's frame and units); otherwise the refined
@@ -71,7 +74,7 @@ MOST_VIEWS = 16                # --max-views / --views accept up to this many (w
 TRAINED_VIEWS = 8              # the released model and the shipped tiny one were trained on 2-8 views
 CPU_RENDER_MAX_GAUSSIANS = 40_000   # the CPU rasterizer renders a thinned preview beyond this
 OUR_FILES = ("cameras.json", "transforms.json", "points.ply", "gaussians.ply", "summary.png", "renders.png",
-             "report.md", "sparse/0/cameras.txt", "sparse/0/images.txt", "sparse/0/points3D.txt")
+             "report.md", "scene.html", "scene.glb", "sparse/0/cameras.txt", "sparse/0/images.txt", "sparse/0/points3D.txt")
 MIN_PHOTO_SIDE = 32            # photos smaller than this (px, either side) are skipped
 MAX_UPSCALE = 2.0              # photos enlarged more than this are reported
 MIN_KEPT_FRACTION = 0.5        # photos whose centre crop keeps less of their width / height are reported
@@ -334,20 +337,25 @@ def decode_bytes(pixels: float) -> float:
 
 
 def estimate_memory_bytes(cfg, n_params: int, V: int, H: int, W: int, device: str = "cpu",
-                          photo_pixels: float = 0) -> float:
+                          photo_pixels: float = 0, param_bytes: int = 4) -> float:
     """Estimated peak memory (bytes) of a reconstruction of ``V`` views of ``H x W`` with a model
     of config ``cfg`` (:data:`MEMORY_MODEL`); ``photo_pixels``: pixels of the largest photo
-    (decoded on the CPU: counted for CPU runs)."""
+    (decoded on the CPU: counted for CPU runs); ``param_bytes``: 4 (float32 weights) or 2
+    (``--dtype bf16``; activations are still counted at 4 bytes, an upper bound; loading still
+    peaks at the float32 weights, which are rounded after loading)."""
     m = MEMORY_MODEL
     N = (H // cfg.patch_size) * (W // cfg.patch_size)
     width = max(cfg.enc_dim, int(cfg.dec_dim * cfg.dec_mlp_ratio))
     cuda = str(device).startswith("cuda")
-    weights = n_params * 4 * (1.5 if cuda else 1.0)
+    weights = n_params * param_bytes * (1.5 if cuda and param_bytes == 4 else 1.0)
     tokens = m["a"] * V * N * width * 4
     attention = m["c"] * max(cfg.enc_heads, cfg.dec_heads) * (V * N) ** 2 * 4
     pixels = m["b"] * V * H * W * cfg.dpt_feature_dim * 4 + m["e"] * V * H * W
     decode = 0.0 if cuda else decode_bytes(photo_pixels)
-    return m["base"] + weights + tokens + attention + pixels + decode
+    total = m["base"] + weights + tokens + attention + pixels + decode
+    if param_bytes < 4:     # bf16: the weights are loaded as float32 first, then rounded (flare_nb.bf16)
+        total = max(total, m["base"] + n_params * 4 + decode)
+    return total
 
 
 def available_memory_bytes(device) -> float | None:
@@ -368,12 +376,13 @@ def available_memory_bytes(device) -> float | None:
     return None
 
 
-def check_memory(cfg, n_params: int, V: int, size, device, photo_pixels: float = 0) -> tuple[float, float | None]:
+def check_memory(cfg, n_params: int, V: int, size, device, photo_pixels: float = 0,
+                 param_bytes: int = 4) -> tuple[float, float | None]:
     """Refuse (ValueError) when the estimate exceeds the free memory, saying how many views
     and which size would fit (or what the smallest run needs). Returns ``(estimate,
     available)`` in bytes."""
     W, H = size
-    est = lambda v, h, w: estimate_memory_bytes(cfg, n_params, v, h, w, device, photo_pixels)  # noqa: E731
+    est = lambda v, h, w: estimate_memory_bytes(cfg, n_params, v, h, w, device, photo_pixels, param_bytes)  # noqa: E731
     need = est(V, H, W)
     have = available_memory_bytes(device)
     if have is None or need <= have:
@@ -517,7 +526,8 @@ def _count_parameters(cfg) -> int:
 def reconstruct_to_folder(inputs, out, checkpoint=None, config="tiny", size=None, device="auto", ref_view="auto",
         conf_threshold: float = 0.5, force: bool = False, max_views: int = DEFAULT_MAX_VIEWS,
         pnp_iterations: int | None = None, render: bool = True, title: str = "flare-nb reconstruct",
-        poses=None, intrinsics=None, views: int = DEFAULT_MAX_VIEWS) -> dict:
+        poses=None, intrinsics=None, views: int = DEFAULT_MAX_VIEWS, model: str = "geometry", dtype: str = "fp32",
+        geometry_checkpoint=None) -> dict:
     """The whole ``flare-nb reconstruct`` (module docstring); returns a dict with ``files``
     ({name: bytes}), ``timings`` (seconds per stage), ``order`` (input index of each view),
     ``weights_random`` and ``out``. Raises ValueError / FileNotFoundError on bad input (before
@@ -530,13 +540,20 @@ def reconstruct_to_folder(inputs, out, checkpoint=None, config="tiny", size=None
 
     ``intrinsics``: the ``--intrinsics`` words (None: EXIF when every photo has a focal
     there, else estimated; :mod:`flare_nb.intrinsics`). ``inputs`` may be ONE video file:
-    ``views`` sharp, evenly spread frames are taken from it (:mod:`flare_nb.video`)."""
+    ``views`` sharp, evenly spread frames are taken from it (:mod:`flare_nb.video`).
+
+    ``model``: ``"geometry"`` or ``"nvs"`` (the NVS model of the ``config`` size, its Gaussian
+    head's Gaussians in ``gaussians.ply`` and the renders; intrinsics given (``intrinsics``) or
+    estimated with the geometry model of ``geometry_checkpoint``, :mod:`flare_nb.nvs_run`). ``dtype``: ``"fp32"`` or
+    ``"bf16"`` (bfloat16 weights, :mod:`flare_nb.plan`)."""
 
     t_all = time.perf_counter()
     timings: dict[str, float] = {}
     notes: list[str] = []
     out = Path(out)
     check_options(conf_threshold, pnp_iterations, max_views)
+    config, checkpoint, geometry_checkpoint, param_dtype = _output_options(model, config, checkpoint, dtype,
+                                                                            geometry_checkpoint)
     cfg = _resolve_config(config)
     cfg_name = config if isinstance(config, str) else "custom"
     size = default_size(cfg_name) if size is None else check_size(tuple(size))
@@ -617,10 +634,11 @@ def _reconstruct_paths(inputs, out, checkpoint, cfg, cfg_name, size, device, ref
             raise ValueError(f"--device {device}: no CUDA GPU is visible here; use --device auto or cpu") from None
         # memory guard, decoding the largest photo included
         n_params = _count_parameters(cfg)
-        need, have = check_memory(cfg, n_params, len(good), size, dev, max(w * h for w, h in sizes))
+        need, have = check_memory(cfg, n_params, len(good), size, dev, max(w * h for w, h in sizes),
+                                  param_bytes=param_dtype.itemsize)
         result = _run_staged(stage, good, cfg, cfg_name, ckpt, size, dev, ref_given, auto_orient, conf_threshold,
                              pnp_iterations, render, title, notes, timings, need, have, given, poses,
-                             (K_photo, intr_source))
+                             (K_photo, intr_source), param_dtype, geometry_checkpoint)
         files = folder.commit()
     except KeyboardInterrupt:
         raise Interrupted(folder.abort()) from None
@@ -667,10 +685,44 @@ def _check_photos(paths, size, ref_view, folder, warns, notes):
     return good, sizes, auto_orient, ref_given
 
 
-def _load_model_checked(ckpt, cfg, dev):
+def _output_options(model, config, checkpoint, dtype, geometry_checkpoint):
+    """``--model``, ``--dtype`` and ``--geometry-checkpoint``, checked before any work. Returns
+    ``(config name, checkpoint, geometry checkpoint, parameter dtype)``."""
+    from flare_nb import nvs_run
+
+    if model not in nvs_run.MODELS:
+        raise ValueError(f"--model must be one of {list(nvs_run.MODELS)}, got {model!r}")
+    dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16}
+    if dtype not in dtypes:
+        raise ValueError(f"--dtype must be fp32 or bf16, got {dtype!r}")
+    gck = None if geometry_checkpoint in (None, "") else Path(geometry_checkpoint)
+    if model == "geometry":
+        if gck is not None:
+            raise ValueError("--geometry-checkpoint is for --model nvs (it estimates the NVS model's intrinsics); "
+                             "with the geometry model pass --checkpoint")
+        return config, checkpoint, None, dtypes[dtype]
+    if not isinstance(config, str):
+        raise ValueError("--model nvs needs --config tiny or official_geometry")
+    config = nvs_run.nvs_config_name(config)
+    if checkpoint in (None, ""):
+        checkpoint = nvs_run.default_checkpoint(config)
+    if gck is not None:
+        precheck_checkpoint(gck)
+    elif config != "tiny_nvs":
+        raise ValueError("--model nvs --config official_geometry needs --geometry-checkpoint geometry_pose.pth: "
+                         "the released geometry model estimates the intrinsics the NVS model takes")
+    return config, checkpoint, gck, dtypes[dtype]
+
+
+def _load_model_checked(ckpt, cfg, dev, dtype=None):
 
     try:
-        return load_model(ckpt, cfg, device=dev)
+        model = load_model(ckpt, cfg, device=dev)
+        if dtype == torch.bfloat16:             # bf16 storage; float32 compute on the CPU (flare_nb.bf16)
+            from flare_nb.bf16 import to_bf16_weights
+
+            to_bf16_weights(model, compute_float32=dev.type == "cpu")
+        return model
     except (FileNotFoundError, ValueError):
         raise
     except Exception as e:  # noqa: BLE001 - never pass on a reader's advice (e.g. unsafe loading)
@@ -679,13 +731,14 @@ def _load_model_checked(ckpt, cfg, dev):
 
 
 def _run_staged(stage, good, cfg, cfg_name, ckpt, size, dev, ref_given, auto_orient, conf_threshold, pnp_iterations,
-                render, title, notes, timings, need, have, given=None, poses=None, known=(None, "estimated")) -> dict:
+                render, title, notes, timings, need, have, given=None, poses=None, known=(None, "estimated"),
+                param_dtype=None, geometry_checkpoint=None) -> dict:
     """Steps 2-5 of :func:`reconstruct_to_folder`, every file written into the staging folder ``stage``."""
 
 
     # 2. model
     t0 = time.perf_counter()
-    model = _load_model_checked(ckpt, cfg, dev)
+    model = _load_model_checked(ckpt, cfg, dev, param_dtype)
     timings["load_model"] = time.perf_counter() - t0
     n_params = sum(p.numel() for p in model.parameters())
     random_w = bool(getattr(model, "weights_random", False))
@@ -725,9 +778,17 @@ def _run_staged(stage, good, cfg, cfg_name, ckpt, size, dev, ref_given, auto_ori
         _say(f"      camera poses given ({poses}): they replace the predicted poses in stages 2 and 3")
         notes.append(f"camera poses given from {poses} (the release's known-pose mode); the pose heads still "
                      "run and the exported cameras are solved from the pointmaps as usual")
-    rec = reconstruct(model, x01, device=dev, pnp_iterations=pnp_iterations,
-                      camera_poses=None if given is None else given[order],
-                      intrinsics=None if K_input is None else K_input[order])
+    nvs = cfg.kind == "nvs"
+    if param_dtype == torch.bfloat16:
+        notes.append("weights in bfloat16 (--dtype bf16): outputs differ from float32 by the bf16 rounding "
+                     "(benchmarks/bench_bf16.py measures it)")
+    K_nvs = None
+    if nvs:
+        K_nvs = ((K_input[order], intr_source) if K_input is not None else
+                 _nvs_intrinsics(x01, cfg_name, geometry_checkpoint, dev, param_dtype, notes, timings))
+    K_model = K_nvs[0] if nvs else (None if K_input is None else K_input[order])
+    rec = reconstruct(model, x01, device=dev, pnp=not nvs, pnp_iterations=pnp_iterations,
+                      camera_poses=None if given is None else given[order], intrinsics=K_model)
     for k, v in rec.timings.items():
         if k != "preprocess":
             timings[k] = v
@@ -735,7 +796,12 @@ def _run_staged(stage, good, cfg, cfg_name, ckpt, size, dev, ref_given, auto_ori
     _say("      " + ", ".join(f"{k} {v:.2f} s" for k, v in rec.timings.items() if k != "preprocess"))
 
     # cameras: the demo's focal + PnP if possible, else the fallbacks (export.export_cameras)
-    chosen = export.export_cameras(rec)
+    if nvs:
+        from flare_nb.nvs_run import nvs_cameras
+
+        chosen = nvs_cameras(rec, K_nvs[0], pnp_iterations, K_nvs[1])
+    else:
+        chosen = export.export_cameras(rec)
     fractions = chosen.get("inlier_fractions")
     pnp_set = camera_rule.pnp_settings(H, W, pnp_iterations)
     camera_lines = [f"rule: {camera_rule.CAMERA_RULE}",
@@ -813,6 +879,9 @@ def _run_staged(stage, good, cfg, cfg_name, ckpt, size, dev, ref_given, auto_ori
     export.save_summary_figure(out / "summary.png", c2w, Ks, (H, W), P, C, x01,
                                title=("RANDOM WEIGHTS - not a reconstruction" if random_w else model.weights_label))
     timings["summary_figure"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    _write_scene_files(out, P, C, c2w, Ks, x01, stems, g, title)
+    timings["scene_page"] = time.perf_counter() - t0
 
     result = {"timings": timings, "order": order, "weights_random": random_w,
               "n_points": len(P), "focal": float(K[0, 0]), "size": (W, H)}
@@ -835,6 +904,33 @@ def conf_threshold_text(q: float) -> str:
     """The report's line on the points kept."""
     return (f"the least confident {q:.0%} of each view's pixels dropped: a per-view quantile of the confidence, "
             "not an absolute value")
+
+
+def _nvs_intrinsics(x01, cfg_name, geometry_checkpoint, dev, param_dtype, notes, timings):
+    """``(K (V, 3, 3), source)`` for the NVS model: estimated with the geometry model of the same
+    size (:func:`flare_nb.nvs_run.estimate_intrinsics`), which is freed before the NVS model runs."""
+    from flare_nb import nvs_run
+
+    t0 = time.perf_counter()
+    geo_cfg = nvs_run.geometry_config_name(cfg_name)
+    geo = _load_model_checked(geometry_checkpoint, _resolve_config(geo_cfg), dev, param_dtype)
+    K, src, more = nvs_run.estimate_intrinsics(x01, geo, dev)
+    del geo
+    timings["intrinsics"] = time.perf_counter() - t0
+    fx = ", ".join(f"{float(k[0, 0]):.1f}" for k in K)
+    _say(f"      intrinsics {src}: fx = fy = {fx} px")
+    notes += [f"NVS intrinsics {src}: fx = fy = {fx} px"] + more
+    return K, src
+
+
+def _write_scene_files(out, P, C, c2w, Ks, x01, stems, g, title):
+    """``scene.html`` (offline 3D page, :mod:`flare_nb.scene_page`) and ``scene.glb`` (:mod:`flare_nb.glb`)."""
+    from flare_nb.glb import write_scene_glb
+    from flare_nb.scene_page import write_scene_page
+
+    H, W = x01.shape[-2:]
+    write_scene_page(out / "scene.html", P, C, c2w, Ks, x01, stems, g["means"], title=title)
+    write_scene_glb(out / "scene.glb", P, C, c2w, Ks, (H, W))
 
 
 def _files(out: Path) -> dict:
