@@ -14,27 +14,18 @@ from flare_nb.model.pose_encoding import (decode_c2w, decode_pose_encoding, enco
                                          perturb_poses, quaternion_to_rotation)
 
 
-def _rot(axis, deg):
-    a = math.radians(deg)
-    c, s = math.cos(a), math.sin(a)
-    i, j = [k for k in range(3) if k != axis]
-    R = torch.eye(3, dtype=torch.float64)
-    R[i, i], R[i, j], R[j, i], R[j, j] = c, -s, s, c
-    return R
-
-
 def _trajectory(V=3):
     """Camera-to-world poses of a short sideways trajectory (float64)."""
     c2w = torch.eye(4, dtype=torch.float64).repeat(V, 1, 1)
     for v in range(V):
-        c2w[v, :3, :3] = _rot(1, 12.0 * v) @ _rot(0, 3.0 * v)
+        c2w[v, :3, :3] = euler_to_matrix(3.0 * v, 12.0 * v, 0.0)
         c2w[v, :3, 3] = torch.tensor([0.7 * v, 0.1 * v, 0.2 - 0.05 * v])
     return c2w
 
 
 def _rigid(P):
     M = torch.eye(4, dtype=torch.float64)
-    M[:3, :3] = _rot(2, 40.0) @ _rot(0, -25.0)
+    M[:3, :3] = euler_to_matrix(-25.0, 0.0, 40.0)
     M[:3, 3] = torch.tensor([3.0, -1.0, 5.0])
     return M @ P
 
