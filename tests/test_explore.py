@@ -84,6 +84,7 @@ def test_split_cascade_equals_forward(model, images, cache):
     s3 = explore.run_stage3(model, cache)
     assert torch.allclose(cache["pts3d_cam"], out.pts3d_cam[0], atol=1e-6)
     assert torch.allclose(cache["pose2"], out.pose_enc_stage2[-1, 0], atol=1e-6)
+    assert torch.allclose(cache["stage2"]["camera_embed_in"], out.intermediates["stage2_camera_embed_in"], atol=1e-6)
     assert torch.allclose(s3["pts3d"], out.pts3d_global[0], atol=1e-6)
     assert torch.allclose(s3["conf"], out.conf_global[0], atol=1e-6)
     # re-running stage 2 with its own input pose changes nothing either

@@ -29,7 +29,8 @@ def small_cfg(out_dir, **kw) -> TrainConfig:
 
 
 def weights(model):
-    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+    """A copy of the weights under the released names (what training checkpoints hold)."""
+    return {k: v.detach().clone() for k, v in model.released_state_dict().items()}
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")    # tests/conftest.py

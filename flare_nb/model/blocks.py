@@ -125,6 +125,9 @@ class CrossBlock(nn.Module):
 
     def __init__(self, dim, n_heads, mlp_ratio=4.0, eps=1e-6, rope_base=100.0):
         super().__init__()
+        self._build_cross(dim, n_heads, mlp_ratio, eps, rope_base)
+
+    def _build_cross(self, dim, n_heads, mlp_ratio, eps, rope_base):
         self.norm2 = nn.LayerNorm(dim, eps=eps)
         self.cross_attn = CrossAttention(dim, n_heads, rope_base)
         self.norm3 = nn.LayerNorm(dim, eps=eps)
@@ -141,9 +144,10 @@ class DecoderBlock(CrossBlock):
     (cross-attention to ``norm_y(mem)``, MLP)."""
 
     def __init__(self, dim, n_heads, mlp_ratio=4.0, eps=1e-6, rope_base=100.0):
-        super().__init__(dim, n_heads, mlp_ratio, eps, rope_base)
+        nn.Module.__init__(self)       # the released order: self-attention first (one seed, one initialisation)
         self.norm1 = nn.LayerNorm(dim, eps=eps)
         self.attn = SelfAttention(dim, n_heads, rope_base)
+        self._build_cross(dim, n_heads, mlp_ratio, eps, rope_base)
 
     def forward(self, x, mem, xpos, mpos):
         return super().forward(x + self.attn(self.norm1(x), xpos), mem, xpos, mpos)

@@ -165,8 +165,9 @@ class FlareModel(nn.Module):
         self.embed_pose = Mlp(cfg.pose_embed_dim, cfg.dec_dim, cfg.dec_dim)
         self.camera_centric = CameraCentric(cfg)
         self.global_projector = GlobalProjector(cfg)
-        if cfg.kind == "nvs":
+        if cfg.kind == "nvs":      # modules are created in the released model's order
             self.detail_encoder = DetailEncoder(cfg)
+            self.global_projector.add_nvs_inputs(cfg)
             self.gaussian_head = make_gaussian_head(cfg)
 
     # ------------------------------------------------------------------ released names

@@ -56,9 +56,14 @@ class GlobalProjector(nn.Module):
         self.inject_stage3 = nn.ModuleList(nn.Linear(E, D, bias=False) for _ in range(n_inj))
         self.dec_norm_point = nn.LayerNorm(D, eps=cfg.norm_eps)
         self.downstream_head2 = make_dpt_head(cfg)
-        if cfg.kind == "nvs":
-            self.decoder_embed_stage2 = nn.Linear(E, D)
-            self.decoder_embed_fxfycxcy = Mlp(4, D, D)
+
+    def add_nvs_inputs(self, cfg) -> None:
+        """The NVS model's two extra inputs of stage 3: ``decoder_embed_stage2`` and
+        ``decoder_embed_fxfycxcy``. ``FlareModel`` adds them after building its detail encoder, in
+        the released model's module order (so one seed gives one initialisation)."""
+        D, E = cfg.dec_dim, cfg.enc_dim
+        self.decoder_embed_stage2 = nn.Linear(E, D)
+        self.decoder_embed_fxfycxcy = Mlp(4, D, D)
 
     def forward(self, enc: dict, pose_embed: torch.Tensor, stage2_layers, B: int, V: int, hw,
                 local_features: bool = False, detail_tokens: torch.Tensor | None = None,
