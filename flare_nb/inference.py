@@ -46,9 +46,9 @@ from flare_nb.scenes.preprocess import to_model_input
 
 __all__ = ["Reconstruction", "load_model", "reconstruct", "resolve_config", "default_checkpoint", "STAGES"]
 
-#: the model methods whose run time ``reconstruct`` reports, in call order
-STAGES = (("encode", "encoder"), ("predict_coarse_pose", "stage1_coarse_pose"),
-          ("camera_centric", "stage2_camera_centric"), ("global_projection", "stage3_global"))
+#: the stage modules of ``FlareModel`` whose run time ``reconstruct`` reports (module, timing name), in call order
+STAGES = (("encoder", "encoder"), ("pose_predictor", "stage1_coarse_pose"),
+          ("camera_centric", "stage2_camera_centric"), ("global_projector", "stage3_global"))
 
 
 # ----------------------------------------------------------------------------- loading
@@ -279,29 +279,28 @@ def _as_images01(images, size, multiple: int):
 
 @contextlib.contextmanager
 def _stage_timer(model, timings: dict, sync):
-    """Time the stage methods of ``model`` (``STAGES``) while its forward runs, without
-    changing what runs: each method is shadowed by a timing wrapper on the instance."""
-    wrapped = []
-    for meth, name in STAGES:
-        fn = getattr(model, meth, None)
-        if fn is None:
+    """Time each stage module of ``model`` (``STAGES``) while its forward runs: a forward pre-hook
+    starts the clock, a forward hook stops it; the hooks are removed afterwards."""
+    handles, started = [], {}
+    for attr, name in STAGES:
+        module = getattr(model, attr, None)
+        if not isinstance(module, torch.nn.Module):
             continue
 
-        def timed(*a, _fn=fn, _name=name, **k):
+        def start(_module, _args, _name=name):
             sync()
-            t0 = time.perf_counter()
-            out = _fn(*a, **k)
-            sync()
-            timings[_name] = timings.get(_name, 0.0) + time.perf_counter() - t0
-            return out
+            started[_name] = time.perf_counter()
 
-        object.__setattr__(model, meth, timed)
-        wrapped.append(meth)
+        def stop(_module, _args, _out, _name=name):
+            sync()
+            timings[_name] = timings.get(_name, 0.0) + time.perf_counter() - started.pop(_name)
+
+        handles += [module.register_forward_pre_hook(start), module.register_forward_hook(stop)]
     try:
         yield
     finally:
-        for meth in wrapped:
-            model.__dict__.pop(meth, None)
+        for h in handles:
+            h.remove()
 
 
 # ----------------------------------------------------------------------------- reconstruct

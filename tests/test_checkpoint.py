@@ -45,17 +45,18 @@ def test_round_trip(tmp_path, source, name, kw):
         a, b = source(_x()), m(_x())
     if "dtype" in kw:
         assert rep.dtypes == ["bfloat16"]
-        torch.testing.assert_close(m.enc_norm.weight, source.enc_norm.weight, atol=1e-2, rtol=1e-2)
+        torch.testing.assert_close(m.encoder.enc_norm.weight, source.encoder.enc_norm.weight, atol=1e-2, rtol=1e-2)
     else:
         assert _same_weights(m, source)
         assert torch.equal(a.pts3d_global, b.pts3d_global)
+    assert sorted(read_state_dict(path)) == sorted(source.released_names().values())   # released names on disk
     # aliases stay one tensor
-    h = m.downstream_head2.dpt.scratch
+    h = m.global_projector.downstream_head2.dpt.scratch
     assert h.layer3_rn.weight is h.layer_rn[2].weight
 
 
 def test_unused_modules_are_skipped_and_reported(tmp_path, source):
-    sd = dict(source.state_dict())
+    sd = source.released_state_dict()
     sd["mask_token"] = torch.zeros(1, 1, 64)
     sd["downstream_head4.color.weight"] = torch.zeros(3, 20, 1, 1)
     del sd["downstream_head1.dpt.scratch.layer2_rn.weight"]  # its alias partner is still there
@@ -77,35 +78,35 @@ def _refused(tmp_path, sd, match, name="bad.pth"):
 
 
 def test_refuses_missing_keys(tmp_path, source):
-    sd = dict(source.state_dict())
+    sd = source.released_state_dict()
     del sd["enc_blocks.1.attn.qkv.weight"], sd["pose_head_stage2.pose_proj.bias"]
     _refused(tmp_path, sd, r"2 missing keys: enc_blocks.1.attn.qkv.weight, pose_head_stage2.pose_proj.bias")
 
 
 def test_refuses_wrong_shapes(tmp_path, source):
-    sd = dict(source.state_dict())
+    sd = source.released_state_dict()
     sd["decoder_embed.weight"] = torch.zeros(64, 32)
     _refused(tmp_path, sd, r"decoder_embed.weight: checkpoint \(64, 32\) vs model \(64, 64\)")
 
 
 def test_refuses_other_model_kind(tmp_path, source):
-    sd = dict(source.state_dict())
+    sd = source.released_state_dict()
     sd["decoder_embed_fxfycxcy.fc1.weight"] = torch.zeros(64, 4)
     sd["patch_embed_fine.proj.weight"] = torch.zeros(64, 64, 16, 16)
     _refused(tmp_path, sd, r"wrong model kind: this is a nvs checkpoint")
 
 
 def test_refuses_unexpected_keys_and_bad_dtypes(tmp_path, source):
-    sd = dict(source.state_dict())
+    sd = source.released_state_dict()
     sd["my_extra_layer.weight"] = torch.zeros(3)
     _refused(tmp_path, sd, r"1 unexpected keys: my_extra_layer.weight")
-    sd = {k: (v.to(torch.float64) if k == "enc_norm.bias" else v) for k, v in source.state_dict().items()}
+    sd = {k: (v.to(torch.float64) if k == "enc_norm.bias" else v) for k, v in source.released_state_dict().items()}
     _refused(tmp_path, sd, r"neither float32 nor bfloat16: enc_norm.bias \(torch.float64\)")
 
 
 def test_refuses_a_different_config(tmp_path, source):
     other = FlareModel(tiny().replace(dec_dim=32, dec_heads=2, pose_heads=2))
-    _refused(tmp_path, other.state_dict(), r"shape mismatches")
+    _refused(tmp_path, other.released_state_dict(), r"shape mismatches")
 
 
 def test_bad_files(tmp_path):
@@ -126,7 +127,7 @@ def test_bad_files(tmp_path):
 def official_shapes():
     with torch.device("meta"):
         m = FlareModel(official_geometry())
-    return {k: tuple(v.shape) for k, v in m.state_dict().items()}
+    return {k: tuple(v.shape) for k, v in m.released_state_dict().items()}
 
 
 def test_released_geometry_keys_fit(official_shapes):

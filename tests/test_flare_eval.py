@@ -80,7 +80,7 @@ def test_training_checkpoint_brings_its_model_config(tmp_path):
 
     m = FlareModel(cfg)
     path = tmp_path / "checkpoint.pt"
-    torch.save({"format": "flare_nb.train/1", "model_config": cfg.to_dict(), "model": m.state_dict()}, path)
+    torch.save({"format": "flare_nb.train/1", "model_config": cfg.to_dict(), "model": m.released_state_dict()}, path)
     loaded = ev.load_flare_for_eval(str(path), "tiny", "cpu")
     assert loaded.cfg.pose_conditioning is False
     for (n, a), b in zip(m.state_dict().items(), loaded.state_dict().values()):

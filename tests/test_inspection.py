@@ -39,7 +39,7 @@ def test_patchify_layout_and_matmul_equals_conv(model):
     assert torch.equal(p[1, 4].reshape(3, 16, 16), x[1, :, 16:32, 16:32])    # token 4 = row 1, col 1
     imgs = torch.rand(2, 3, 64, 64) * 2 - 1
     with torch.no_grad():
-        assert torch.allclose(patch_embed_by_matmul(model, imgs), model.patch_embed(imgs), atol=1e-5)
+        assert torch.allclose(patch_embed_by_matmul(model, imgs), model.encoder.patch_embed(imgs), atol=1e-5)
     with pytest.raises(ValueError, match="multiple"):
         patchify(x[..., :40], 16)
 
@@ -80,7 +80,7 @@ def test_camera_attention_is_a_distribution(model, stage):
 def test_camera_attention_matches_manual_softmax(model):
     imgs = torch.rand(2, 3, 64, 64)
     seen = {}
-    blk = model.cam_cond_encoder_fine[0]
+    blk = model.camera_centric.cam_cond_encoder_fine[0]
     h = blk.attn.register_forward_pre_hook(lambda m, args: seen.update(y=args[0]))
     a = camera_attention(model, imgs, stage=2, layer=0)
     h.remove()

@@ -145,8 +145,10 @@ def test_gradients_reach_every_used_parameter():
     inert = set(m.inert_parameter_names())
     dead = [n for n, p in m.named_parameters() if n not in inert and (p.grad is None or not p.grad.abs().sum() > 0)]
     assert dead == []
-    nvs_parts = ("cnn_wobn.", "cnn_fusion.", "cnn_proj.", "patch_embed_fine.", "enc_blocks_stage2.",
-                 "decoder_embed_stage2.", "decoder_embed_fxfycxcy.", "downstream_head4.")
+    nvs_parts = ("detail_encoder.cnn_wobn.", "detail_encoder.cnn_fusion.", "detail_encoder.cnn_proj.",
+                 "detail_encoder.patch_embed_fine.", "detail_encoder.enc_blocks_stage2.",
+                 "global_projector.decoder_embed_stage2.", "global_projector.decoder_embed_fxfycxcy.",
+                 "gaussian_head.")
     assert all(any(n.startswith(p) for n, _ in m.named_parameters()) for p in nvs_parts)
 
 
@@ -168,9 +170,9 @@ def test_predicted_gaussians_render_and_backpropagate():
     assert torch.isfinite(r.rgb).all() and r.alpha.max() > 0.1
     r.rgb.mean().backward()
     head = dict(m.named_parameters())
-    for name in ("downstream_head4.color.weight", "downstream_head4.feat_opacity.2.weight",
-                 "downstream_head4.feat_scaling.2.weight", "downstream_head4.feat_rotation.2.weight",
-                 "cnn_proj.weight"):
+    for name in ("gaussian_head.color.weight", "gaussian_head.feat_opacity.2.weight",
+                 "gaussian_head.feat_scaling.2.weight", "gaussian_head.feat_rotation.2.weight",
+                 "detail_encoder.cnn_proj.weight"):
         assert head[name].grad is not None and head[name].grad.abs().sum() > 0, name
 
 
@@ -194,7 +196,7 @@ def test_nvs_checkpoint_round_trip_and_kind_checks(tmp_path, model):
 def test_released_nvs_keys_fit_the_official_nvs_model():
     with torch.device("meta"):
         m = FlareModel(official_nvs())
-    ours = {k: tuple(v.shape) for k, v in m.state_dict().items()}
+    ours = {k: tuple(v.shape) for k, v in m.released_state_dict().items()}
     ref = manifest_shapes("nvs")
     assert detect_kind(ref) == "nvs"
     problems, skipped, missing, unexpected = check_state_dict(ours, ref, "nvs")

@@ -8,10 +8,8 @@ import torch
 
 from flare_nb.model.blocks import CameraBlock
 from flare_nb.model.camera_centric import camera_embed_input
-from flare_nb.cameras import quat_to_matrix
 from flare_nb.model.config import FlareConfig, official_geometry, official_nvs, tiny
 from flare_nb.model.flare import FlareModel, FlareOutput
-from flare_nb.model.pose_encoding import decode_pose_encoding, quaternion_to_rotation
 from flare_nb.model.pose_predictor import harmonic_embedding
 from flare_nb.model.reference import manifest_shapes
 from flare_nb.model.rope import apply_rope2d, grid_positions
@@ -105,7 +103,7 @@ def test_gradients_reach_every_used_parameter():
             + out.local_features["cam"].mean() + out.local_features["global"].mean())
     loss.backward()
     inert = set(m.inert_parameter_names())
-    assert inert and all("resConfUnit1" in n or n.startswith("cam_cond_embed.") for n in inert)
+    assert inert and all("resConfUnit1" in n or n.startswith("pose_predictor.cam_cond_embed.") for n in inert)
     dead = [n for n, p in m.named_parameters() if n not in inert and (p.grad is None or not p.grad.abs().sum() > 0)]
     assert dead == []
     assert all(p.grad is None or p.grad.abs().sum() == 0 for n, p in m.named_parameters() if n in inert)
@@ -187,13 +185,34 @@ def test_state_dict_is_the_released_one_minus_unused_modules():
     ref = manifest_shapes("geometry")
     with torch.device("meta"):
         m = FlareModel(official_geometry())
-    ours = {k: tuple(v.shape) for k, v in m.state_dict().items()}
+    ours = {k: tuple(v.shape) for k, v in m.released_state_dict().items()}
     omitted = FlareModel.omitted_keys(ref)
     assert len(omitted) == 101
     assert ours == {k: v for k, v in ref.items() if k not in omitted}
     # every omitted key belongs to a module the release never uses at inference
     from flare_nb.model.reference import load_manifest
     assert set(omitted) <= set(load_manifest("geometry")["unused_at_inference"])
+
+
+def test_released_names_drop_the_stage():
+    """Our names nest by stage; the released name is the name without the stage (the Gaussian
+    head: ``downstream_head4``), one to one, and every stage's modules are under their stage."""
+    m = FlareModel(tiny())
+    names = m.released_names()
+    assert names["encoder.enc_blocks.0.attn.qkv.weight"] == "enc_blocks.0.attn.qkv.weight"
+    assert names["pose_predictor.pose_head.pose_proj.weight"] == "pose_head.pose_proj.weight"
+    assert names["camera_centric.downstream_head1.dpt.scratch.layer1_rn.weight"] == \
+        "downstream_head1.dpt.scratch.layer1_rn.weight"
+    assert names["embed_pose.fc1.weight"] == "embed_pose.fc1.weight"
+    assert len(set(names.values())) == len(names) == len(m.state_dict())
+    stages = {n.split(".")[0] for n in names}
+    assert stages == {"encoder", "pose_predictor", "embed_pose", "camera_centric", "global_projector"}
+    # a released state dict loads back through the same map
+    fresh = FlareModel(tiny())
+    assert fresh.load_released_state_dict(m.released_state_dict()) == ([], [])
+    assert all(torch.equal(a, b) for a, b in zip(m.state_dict().values(), fresh.state_dict().values()))
+    with pytest.raises(RuntimeError, match="missing"):
+        fresh.load_released_state_dict({k: v for k, v in m.released_state_dict().items() if k != "enc_norm.bias"})
 
 
 # ----------------------------------------------------------------------------- building blocks
@@ -209,18 +228,6 @@ def test_harmonic_embedding_layout():
     assert torch.equal(e[0, 12:], x[0])
     # the cos block is sin(x f + float32(pi/2)), as in the released code
     assert e[0, 6] == torch.sin(x[0, 0] + torch.tensor(math.pi / 2, dtype=torch.float32))
-
-
-def test_quaternion_to_rotation():
-    q = torch.tensor([[0.9, 0.1, -0.3, 0.2], [2.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 3.0]])
-    R = quaternion_to_rotation(q)
-    torch.testing.assert_close(R, quat_to_matrix(q))
-    torch.testing.assert_close(R @ R.transpose(-1, -2), torch.eye(3).expand(3, 3, 3), atol=1e-6, rtol=0)
-    torch.testing.assert_close(R[1], torch.eye(3))
-    torch.testing.assert_close(R[2], torch.diag(torch.tensor([-1.0, -1.0, 1.0])))  # 180 deg about z
-    cams = decode_pose_encoding(torch.tensor([1.0, 2, 3, 1, 0, 0, 0, -50.0, 50.0]))
-    assert torch.equal(cams["T"], torch.tensor([1.0, 2, 3]))
-    torch.testing.assert_close(cams["focal"], torch.tensor([0.1, 30.0]))
 
 
 def test_rope_rotates_by_position():

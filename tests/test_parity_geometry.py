@@ -10,25 +10,20 @@ deviation of each array is printed (run with ``-s``).
 About 2-3 minutes and 6 GB of memory on a 2-core machine; the model is freed afterwards.
 A fast check of the first layer runs without the ``slow`` marker.
 """
-import gc
-import time
 
-import numpy as np
 import pytest
 import torch
 
 from flare_nb.model import reference as R
 from flare_nb.model.encoder import PatchEmbed
 
-FIXTURE = R.DATA_DIR / "parity_geometry_pose.npz"
+FIXTURE = "parity_geometry_pose.npz"
 INPUTS = ("images", "true_shape", "intrinsics_crop")
 
 
 @pytest.fixture(scope="module")
 def ref():
-    if not FIXTURE.is_file():
-        raise FileNotFoundError(f"reference fixture missing: {FIXTURE}")
-    return dict(np.load(FIXTURE))
+    return R.load_fixture(FIXTURE)
 
 
 def test_patch_embedding_matches_reference(ref):
@@ -45,24 +40,7 @@ def test_patch_embedding_matches_reference(ref):
 
 @pytest.fixture(scope="module")
 def parity(ref):
-    t0 = time.perf_counter()
-    model = R.build_reference_model()  # official_geometry(), recipe weights, eval mode
-    t_build = time.perf_counter() - t0
-    digest = R.fill_hash(model.state_dict(), R.manifest_shapes("geometry"))
-    t0 = time.perf_counter()
-    with torch.no_grad():
-        out = model(torch.from_numpy(ref["images"]), pose_teacher=R.teacher_from_fixture(ref))
-    t_fwd = time.perf_counter() - t0
-    mine = dict(out.intermediates, pts3d_cam=out.pts3d_cam, conf_cam=out.conf_cam,
-                pts3d_global=out.pts3d_global, conf_global=out.conf_global)
-    mine = {k: v.clone() for k, v in mine.items()}
-    del model, out
-    gc.collect()
-    results = {k: R.compare_array(k, mine[k], ref[k]) for k in ref if k not in INPUTS}
-    print(f"\nparity geometry: build+fill {t_build:.0f} s, forward {t_fwd:.0f} s (CPU, float32, "
-          f"{torch.get_num_threads()} threads)")
-    print(R.format_comparison(results))
-    return {"hash": digest, "results": results, "mine": mine}
+    return R.run_fixture(ref, INPUTS, "geometry")    # official_geometry(), recipe weights, eval mode
 
 
 @pytest.mark.slow

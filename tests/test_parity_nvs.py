@@ -11,8 +11,6 @@ The largest deviation of each array is printed (run with ``-s``).
 About 1-3 minutes and 6 GB of memory on a 2-core machine; the model is freed afterwards.
 Fast checks of the NVS-only inputs run without the ``slow`` marker.
 """
-import gc
-import time
 
 import numpy as np
 import pytest
@@ -21,7 +19,7 @@ import torch
 from flare_nb.model import reference as R
 from flare_nb.model.nvs import camera_embed_input_baseline
 
-FIXTURE = R.DATA_DIR / "parity_nvs.npz"
+FIXTURE = "parity_nvs.npz"
 INPUTS = ("images", "true_shape", "intrinsics_crop", "fxfycxcy_unorm", "camera_pose_c2w")
 GAUSSIAN = {"gs_opacity_raw": "opacity_raw", "gs_scaling_raw": "scaling_raw", "gs_rotation_raw": "rotation_raw",
             "gs_feature_dc_raw": "feature_dc_raw", "gs_feature_rest_raw_s5": "feature_rest_raw"}
@@ -29,9 +27,7 @@ GAUSSIAN = {"gs_opacity_raw": "opacity_raw", "gs_scaling_raw": "scaling_raw", "g
 
 @pytest.fixture(scope="module")
 def ref():
-    if not FIXTURE.is_file():
-        raise FileNotFoundError(f"reference fixture missing: {FIXTURE}")
-    return dict(np.load(FIXTURE))
+    return R.load_fixture(FIXTURE)
 
 
 def test_fixture_intrinsics_are_the_crop_intrinsics(ref):
@@ -52,34 +48,23 @@ def _subsample(name, t):
     return t[:, :, ::5, ::5] if name.endswith("_s5") else t
 
 
+def _nvs_outputs(out):
+    inter = out.intermediates
+    mine = dict(inter, pts3d_global=out.pts3d_global, conf_global=out.conf_global, desc_s5=inter["desc"],
+                cnn_detail_s5=inter["cnn_detail"])
+    for name, key in GAUSSIAN.items():
+        mine[name] = out.gaussians_raw[key]
+    mine = {k: _subsample(k, v) for k, v in mine.items()}
+    mine["gaussians"] = out.gaussians[0]
+    return mine
+
+
 @pytest.fixture(scope="module")
 def parity(ref):
     from flare_nb.model.config import official_nvs
 
-    t0 = time.perf_counter()
-    model = R.build_reference_model(official_nvs())  # meta build, recipe weights, eval mode
-    t_build = time.perf_counter() - t0
-    digest = R.fill_hash(model.state_dict(), R.manifest_shapes("nvs"))
-    n_params = sum(p.numel() for p in model.parameters())
-    t0 = time.perf_counter()
-    with torch.no_grad():
-        out = model(torch.from_numpy(ref["images"]), intrinsics=torch.from_numpy(ref["fxfycxcy_unorm"]),
-                    pose_teacher=R.teacher_from_fixture(ref))
-    t_fwd = time.perf_counter() - t0
-    inter = out.intermediates
-    mine = dict(inter, pts3d_global=out.pts3d_global, conf_global=out.conf_global)
-    mine["desc_s5"], mine["cnn_detail_s5"] = inter["desc"], inter["cnn_detail"]
-    for name, key in GAUSSIAN.items():
-        mine[name] = out.gaussians_raw[key]
-    mine = {k: _subsample(k, v).clone() for k, v in mine.items() if k in ref}
-    gauss = {k: (v.clone() if torch.is_tensor(v) else v) for k, v in out.gaussians[0].items()}
-    del model, out, inter
-    gc.collect()
-    results = {k: R.compare_array(k, mine[k], ref[k]) for k in ref if k not in INPUTS}
-    print(f"\nparity NVS: {n_params / 1e9:.3f} G parameters, build+fill {t_build:.0f} s, forward {t_fwd:.0f} s "
-          f"(CPU, float32, {torch.get_num_threads()} threads)")
-    print(R.format_comparison(results))
-    return {"hash": digest, "results": results, "mine": mine, "gaussians": gauss}
+    return R.run_fixture(ref, INPUTS, "NVS", official_nvs(), _nvs_outputs,
+                         intrinsics=torch.from_numpy(ref["fxfycxcy_unorm"]))
 
 
 @pytest.mark.slow
@@ -115,7 +100,7 @@ def test_free_running_first_iteration_also_matches(parity, ref):
 @pytest.mark.slow
 def test_activated_gaussians_follow_the_raw_outputs(parity, ref):
     """The activated set of scene 0: centres = global pointmap, SH degree 4, the release's activations."""
-    g = parity["gaussians"]
+    g = parity["mine"]["gaussians"]
     n = 2 * 256 * 256
     assert g["means"].shape == (n, 3) and g["colors"].shape == (n, 25, 3) and g["sh_degree"] == 4
     torch.testing.assert_close(g["means"], parity["mine"]["pts3d_global"][0].reshape(-1, 3), rtol=0, atol=0)

@@ -10,8 +10,6 @@ swapping the two image axes. The largest deviation of each array is printed (run
 
 About 2-3 minutes and 6 GB of memory; fast checks of the coarse grid run without ``slow``.
 """
-import gc
-import time
 
 import numpy as np
 import pytest
@@ -20,16 +18,14 @@ import torch
 from flare_nb.model import reference as R
 from flare_nb.model.pose_predictor import natural_coarse_grid, release_coarse_grid
 
-FIXTURE = R.DATA_DIR / "parity_geometry_portrait.npz"
+FIXTURE = "parity_geometry_portrait.npz"
 INPUTS = ("images", "images_landscape_stored", "true_shape", "intrinsics_crop")
 OFFICIAL_LAYOUT = ("pts3d_cam", "conf_cam", "pts3d_global", "conf_global")   # (1, V, W, H[, 3]) in the fixture
 
 
 @pytest.fixture(scope="module")
 def ref():
-    if not FIXTURE.is_file():
-        raise FileNotFoundError(f"reference fixture missing: {FIXTURE}")
-    return dict(np.load(FIXTURE))
+    return R.load_fixture(FIXTURE)
 
 
 def test_fixture_layout(ref):
@@ -78,27 +74,17 @@ def test_release_coarse_grid_indexing():
         release_coarse_grid(tok, (3, 2))
 
 
-@pytest.fixture(scope="module")
-def parity(ref):
-    t0 = time.perf_counter()
-    model = R.build_reference_model()
-    t_build = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    with torch.no_grad():
-        out = model(torch.from_numpy(ref["images"]), pose_teacher=R.teacher_from_fixture(ref))
-    t_fwd = time.perf_counter() - t0
+def _portrait_outputs(out):
     mine = dict(out.intermediates, pts3d_cam_portrait=out.pts3d_cam, conf_cam_portrait=out.conf_cam,
                 pts3d_global_portrait=out.pts3d_global, conf_global_portrait=out.conf_global)
-    mine = {k: v.clone() for k, v in mine.items()}
     for k in OFFICIAL_LAYOUT:                       # official layout: element [i, j] is portrait pixel (j, i)
         mine[k] = mine[k + "_portrait"].transpose(2, 3)
-    del model, out
-    gc.collect()
-    results = {k: R.compare_array(k, mine[k], ref[k]) for k in ref if k not in INPUTS}
-    print(f"\nparity geometry, portrait: build+fill {t_build:.0f} s, forward {t_fwd:.0f} s (CPU, float32, "
-          f"{torch.get_num_threads()} threads)")
-    print(R.format_comparison(results))
-    return {"results": results, "mine": mine}
+    return mine
+
+
+@pytest.fixture(scope="module")
+def parity(ref):
+    return R.run_fixture(ref, INPUTS, "geometry, portrait", collect=_portrait_outputs)
 
 
 @pytest.mark.slow

@@ -10,10 +10,7 @@ the pose heads, checked on the tiny model in ``tests/test_given_poses.py``); the
 use the README's teacher forcing. Tolerances of the fixture README. Largest deviations printed
 with ``-s``. About 2-3 minutes and 6 GB; fast checks of the pose derivation run without ``slow``.
 """
-import gc
-import time
 
-import numpy as np
 import pytest
 import torch
 
@@ -21,16 +18,14 @@ from flare_nb.model import reference as R
 from flare_nb.model.camera_centric import camera_embed_input
 from flare_nb.model.pose_encoding import check_camera_poses, given_pose_encoding
 
-FIXTURE = R.DATA_DIR / "parity_geometry_wpose.npz"
+FIXTURE = "parity_geometry_wpose.npz"
 INPUTS = ("images", "true_shape", "intrinsics_crop", "camera_pose_c2w", "camera_pose_w2c_file", "gt_rel_c2w",
           "gt_quaternion", "gt_translation", "gt_translation_scale")
 
 
 @pytest.fixture(scope="module")
 def ref():
-    if not FIXTURE.is_file():
-        raise FileNotFoundError(f"reference fixture missing: {FIXTURE}")
-    return dict(np.load(FIXTURE))
+    return R.load_fixture(FIXTURE)
 
 
 def test_given_pose_derivation_matches_reference(ref):
@@ -56,24 +51,7 @@ def test_fixture_poses_are_the_inverse_of_the_file(ref):
 
 @pytest.fixture(scope="module")
 def parity(ref):
-    t0 = time.perf_counter()
-    model = R.build_reference_model()
-    t_build = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    with torch.no_grad():
-        out = model(torch.from_numpy(ref["images"]), pose_teacher=R.teacher_from_fixture(ref),
-                    camera_poses=torch.from_numpy(ref["camera_pose_c2w"]))
-    t_fwd = time.perf_counter() - t0
-    mine = dict(out.intermediates, pts3d_cam=out.pts3d_cam, conf_cam=out.conf_cam,
-                pts3d_global=out.pts3d_global, conf_global=out.conf_global)
-    mine = {k: v.clone() for k, v in mine.items()}
-    del model, out
-    gc.collect()
-    results = {k: R.compare_array(k, mine[k], ref[k]) for k in ref if k not in INPUTS}
-    print(f"\nparity geometry, given poses: build+fill {t_build:.0f} s, forward {t_fwd:.0f} s (CPU, float32, "
-          f"{torch.get_num_threads()} threads)")
-    print(R.format_comparison(results))
-    return {"results": results, "mine": mine}
+    return R.run_fixture(ref, INPUTS, "geometry, given poses", camera_poses=torch.from_numpy(ref["camera_pose_c2w"]))
 
 
 @pytest.mark.slow

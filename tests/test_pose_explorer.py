@@ -52,30 +52,6 @@ def test_perturb_pose_enc_single_axis_matches_explore():
     assert torch.equal(move_camera_in_encoding(pose, 2), pose)
 
 
-def test_perturb_pose_enc_is_camera_frame_motion():
-    """decode(new)[v] == decode(old)[v] @ [R(rx,ry,rz) | m t], other views untouched."""
-    g = torch.Generator().manual_seed(1)
-    pose = torch.randn(4, 9, generator=g, dtype=torch.float64)
-    new = move_camera_in_encoding(pose, 2, (10.0, -20.0, 30.0), (0.1, 0.2, -0.3))
-    m = pose[:, :3].norm(dim=-1).mean()
-    D = torch.eye(4, dtype=torch.float64)
-    D[:3, :3] = cameras.euler_to_matrix(10.0, -20.0, 30.0)
-    D[:3, 3] = m * torch.tensor([0.1, 0.2, -0.3], dtype=torch.float64)
-    assert torch.allclose(decode_c2w(new[2]), decode_c2w(pose[2]) @ D, atol=1e-10)
-    assert torch.allclose(new[2, 3:7].norm(), pose[2, 3:7].norm())          # unnormalised norm kept
-    assert torch.equal(new[[0, 1, 3]], pose[[0, 1, 3]])
-
-
-def test_perturb_pose_enc_errors():
-    pose = torch.zeros(3, 9)
-    with pytest.raises(ValueError, match=r"view must be an int in \[0, 3\)"):
-        move_camera_in_encoding(pose, 3, (1.0, 0, 0))
-    with pytest.raises(ValueError, match="finite"):
-        move_camera_in_encoding(pose, 0, (float("nan"), 0, 0))
-    with pytest.raises(ValueError, match=r"\(3, 9\) pose encoding"):
-        move_camera_in_encoding(torch.zeros(3, 7), 0)
-
-
 def test_translation_unit():
     c2w = torch.eye(4).repeat(3, 1, 1)
     assert pe.translation_unit(c2w) == 1.0                                  # all at one place

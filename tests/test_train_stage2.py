@@ -13,7 +13,7 @@ from flare_nb.render.splats import gaussians_from_pointmap, render_views
 from flare_nb.scenes.synthetic import make_scene
 from flare_nb.render.targets import cameras_in_prediction_frame, render_targets
 from flare_nb.scenes.sample import as_sample, split_context_target
-from flare_nb.train.build import COARSE_POSE_MODULES, build_model, init_weights
+from flare_nb.train.build import build_model, init_weights
 from flare_nb.train.loop import train
 from flare_nb.train.state import load_checkpoint
 from flare_nb.train.config import TrainConfig
@@ -107,12 +107,13 @@ def test_stage2_freezes_the_coarse_pose_predictor_and_learns_to_render(tmp_path,
                  **stage2_kw(**{"optim.lr": 1e-3, "render.render_context": True, "loss.pose_weight": 0.0,
                                 "loss.geometry_weight": 0.0, "data.modes": ["forward"]}))   # one room, refit
     res = train(cfg)
-    sd = res.model.state_dict()
-    coarse = [k for k in sd if k.split(".")[0] in COARSE_POSE_MODULES]
+    sd = res.model.released_state_dict()
+    names = res.model.released_names()
+    coarse = [names["pose_predictor." + k] for k in res.model.pose_predictor.state_dict()]
     assert coarse and all(torch.equal(sd[k], s1[k]) for k in coarse)        # frozen, from stage 1
     assert not torch.equal(sd["enc_blocks.0.attn.qkv.weight"], s1["enc_blocks.0.attn.qkv.weight"])   # trained on
     head = [k for k in sd if k.startswith("downstream_head4.")]
-    fresh = build_model(cfg).state_dict()
+    fresh = build_model(cfg).released_state_dict()
     assert head and any(not torch.equal(sd[k], fresh[k]) for k in head)     # the Gaussian head learns
     tr = [r for r in res.history if r["kind"] == "train"]
     assert all(math.isfinite(r["render"]) and "psnr" in r for r in tr)

@@ -1,5 +1,4 @@
 """flare_nb.nb.widgets: the pose-perturbation callback behind notebook 02's widget."""
-import math
 
 import matplotlib
 
@@ -9,7 +8,6 @@ import torch
 
 from flare_nb import cameras
 from flare_nb.cameras import euler_to_matrix
-from flare_nb.model.pose_encoding import move_camera
 from flare_nb.nb.widgets import make_pose_widget, pose_perturbation_view
 
 
@@ -34,26 +32,8 @@ def test_euler_known_answers():
 
 def test_zero_perturbation_is_identity():
     c2w = _trajectory()
-    assert torch.equal(move_camera(c2w, 1), c2w)
     _, info = pose_perturbation_view(c2w, 1, draw=False)
     assert info["rotation_deg"] < 1e-5 and info["centre_shift"] == 0 and info["pose_loss"] < 1e-6
-
-
-def test_camera_frame_translation_moves_along_optical_axis():
-    c2w = _trajectory()
-    new = move_camera(c2w, 2, trans=(0, 0, 0.5))
-    assert torch.allclose(new[2, :3, 3] - c2w[2, :3, 3], 0.5 * c2w[2, :3, 2])   # z axis = forward
-    assert torch.equal(new[[0, 1]], c2w[[0, 1]]) and torch.equal(new[2, :3, :3], c2w[2, :3, :3])
-
-
-def test_camera_frame_rotation_keeps_the_centre_world_frame_moves_it():
-    c2w = _trajectory()
-    cam = move_camera(c2w, 1, rot_deg=(0, 30, 0))
-    assert torch.allclose(cam[1, :3, 3], c2w[1, :3, 3])
-    dR = c2w[1, :3, :3].T @ cam[1, :3, :3]
-    assert torch.allclose(dR, euler_to_matrix(0, 30, 0), atol=1e-12)
-    world = move_camera(c2w, 1, rot_deg=(0, 0, 90), frame="world")
-    assert torch.allclose(world[1, :3, 3], euler_to_matrix(0, 0, 90) @ c2w[1, :3, 3])
 
 
 def test_info_and_loss_grow_with_the_perturbation():
@@ -76,20 +56,6 @@ def test_figure_is_drawn():
     lines = [c for c in ax.collections if isinstance(c, Line3DCollection)]
     assert len(lines) == 3 + 1                                  # V cameras + the grey ghost
     assert "pose loss" in ax.get_title() and info["c2w"].dtype == torch.float32
-
-
-def test_errors():
-    c2w = _trajectory()
-    with pytest.raises(ValueError, match="view"):
-        move_camera(c2w, 3)
-    with pytest.raises(ValueError, match="view"):
-        move_camera(c2w, 1.0)
-    with pytest.raises(ValueError, match="finite"):
-        move_camera(c2w, 1, rot_deg=(0, math.nan, 0))
-    with pytest.raises(ValueError, match="frame"):
-        move_camera(c2w, 1, frame="body")
-    with pytest.raises(ValueError, match=r"\(V, 4, 4\)"):
-        move_camera(c2w[0], 0)
 
 
 def test_widget_builds_and_updates():

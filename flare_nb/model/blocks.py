@@ -49,6 +49,14 @@ def _merge(x: torch.Tensor) -> torch.Tensor:
     return x.transpose(1, 2).reshape(B, N, h * d)
 
 
+def _rope_attention(q, k, v, qpos, kpos, rope_base: float) -> torch.Tensor:
+    """Heads ``(B, h, N, d)``: 2D RoPE on ``q`` (at ``qpos``) and ``k`` (at ``kpos``), scaled dot-product
+    attention, heads merged back to ``(B, Nq, h d)``."""
+    q = apply_rope2d(q, qpos, rope_base)
+    k = apply_rope2d(k, kpos, rope_base)
+    return _merge(F.scaled_dot_product_attention(q, k, v))
+
+
 class SelfAttention(nn.Module):
     """Multi-head self-attention with a packed ``qkv`` projection and 2D RoPE on q and k."""
 
@@ -62,10 +70,7 @@ class SelfAttention(nn.Module):
         """``x (B, N, C)``, ``pos (N, 2)`` -> ``(B, N, C)``."""
         B, N, C = x.shape
         qkv = self.qkv(x).reshape(B, N, 3, self.n_heads, C // self.n_heads).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv[0], qkv[1], qkv[2]
-        q = apply_rope2d(q, pos, self.rope_base)
-        k = apply_rope2d(k, pos, self.rope_base)
-        return self.proj(_merge(F.scaled_dot_product_attention(q, k, v)))
+        return self.proj(_rope_attention(qkv[0], qkv[1], qkv[2], pos, pos, self.rope_base))
 
 
 class CrossAttention(nn.Module):
@@ -81,68 +86,48 @@ class CrossAttention(nn.Module):
 
     def forward(self, x, mem, xpos, mpos):
         """Queries ``x (B, Nq, C)`` at ``xpos (Nq, 2)`` attend to ``mem (B, Nk, C)`` at ``mpos (Nk, 2)``."""
-        q = apply_rope2d(_heads(self.projq(x), self.n_heads), xpos, self.rope_base)
-        k = apply_rope2d(_heads(self.projk(mem), self.n_heads), mpos, self.rope_base)
-        v = _heads(self.projv(mem), self.n_heads)
-        return self.proj(_merge(F.scaled_dot_product_attention(q, k, v)))
-
-
-class EncoderBlock(nn.Module):
-    """Pre-norm ViT block (``norm1, attn, norm2, mlp``)."""
-
-    def __init__(self, dim, n_heads, mlp_ratio=4.0, eps=1e-6, rope_base=100.0):
-        super().__init__()
-        self.norm1 = nn.LayerNorm(dim, eps=eps)
-        self.attn = SelfAttention(dim, n_heads, rope_base)
-        self.norm2 = nn.LayerNorm(dim, eps=eps)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio))
-
-    def forward(self, x, pos):
-        x = x + self.attn(self.norm1(x), pos)
-        return x + self.mlp(self.norm2(x))
-
-
-class DecoderBlock(nn.Module):
-    """CroCo decoder block: self-attention, cross-attention to ``norm_y(mem)``, MLP."""
-
-    def __init__(self, dim, n_heads, mlp_ratio=4.0, eps=1e-6, rope_base=100.0):
-        super().__init__()
-        self.norm1 = nn.LayerNorm(dim, eps=eps)
-        self.attn = SelfAttention(dim, n_heads, rope_base)
-        self.norm2 = nn.LayerNorm(dim, eps=eps)
-        self.cross_attn = CrossAttention(dim, n_heads, rope_base)
-        self.norm3 = nn.LayerNorm(dim, eps=eps)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio))
-        self.norm_y = nn.LayerNorm(dim, eps=eps)
-
-    def forward(self, x, mem, xpos, mpos):
-        x = x + self.attn(self.norm1(x), xpos)
-        m = self.norm_y(mem)
-        x = x + self.cross_attn(self.norm2(x), m, xpos, mpos)
-        return x + self.mlp(self.norm3(x))
+        q, k, v = (_heads(t, self.n_heads) for t in (self.projq(x), self.projk(mem), self.projv(mem)))
+        return self.proj(_rope_attention(q, k, v, xpos, mpos, self.rope_base))
 
 
 class SelfBlock(nn.Module):
-    """Self-attention-only decoder block (``norm1, attn, norm3, mlp``), e.g. global attention
-    over the tokens of all views concatenated."""
+    """Pre-norm self-attention block: ``x += attn(norm1 x); x += mlp(<mlp norm> x)``.
+
+    The decoders name the MLP's norm ``norm3`` (``dec_blocks_fine/point``), the encoder
+    ``norm2`` (:class:`EncoderBlock`); ``mlp_norm`` is that name. E.g. global attention over
+    the tokens of all views concatenated. ``x (B, N, C)``, ``pos (N, 2)`` -> ``(B, N, C)``.
+    """
+
+    mlp_norm = "norm3"
 
     def __init__(self, dim, n_heads, mlp_ratio=4.0, eps=1e-6, rope_base=100.0):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=eps)
         self.attn = SelfAttention(dim, n_heads, rope_base)
-        self.norm3 = nn.LayerNorm(dim, eps=eps)
+        self.add_module(self.mlp_norm, nn.LayerNorm(dim, eps=eps))
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
 
     def forward(self, x, pos):
         x = x + self.attn(self.norm1(x), pos)
-        return x + self.mlp(self.norm3(x))
+        return x + self.mlp(getattr(self, self.mlp_norm)(x))
+
+
+class EncoderBlock(SelfBlock):
+    """Pre-norm ViT block (``norm1, attn, norm2, mlp``): :class:`SelfBlock` with its MLP norm
+    called ``norm2``."""
+
+    mlp_norm = "norm2"
 
 
 class CrossBlock(nn.Module):
-    """Cross-attention-only decoder block (``norm2, cross_attn, norm_y, norm3, mlp``)."""
+    """Cross-attention-only decoder block (``norm2, cross_attn, norm_y, norm3, mlp``):
+    ``x += xattn(norm2 x, norm_y mem); x += mlp(norm3 x)``."""
 
     def __init__(self, dim, n_heads, mlp_ratio=4.0, eps=1e-6, rope_base=100.0):
         super().__init__()
+        self._build_cross(dim, n_heads, mlp_ratio, eps, rope_base)
+
+    def _build_cross(self, dim, n_heads, mlp_ratio, eps, rope_base):
         self.norm2 = nn.LayerNorm(dim, eps=eps)
         self.cross_attn = CrossAttention(dim, n_heads, rope_base)
         self.norm3 = nn.LayerNorm(dim, eps=eps)
@@ -152,6 +137,20 @@ class CrossBlock(nn.Module):
     def forward(self, x, mem, xpos, mpos):
         x = x + self.cross_attn(self.norm2(x), self.norm_y(mem), xpos, mpos)
         return x + self.mlp(self.norm3(x))
+
+
+class DecoderBlock(CrossBlock):
+    """CroCo decoder block: self-attention (``norm1, attn``) first, then :class:`CrossBlock`
+    (cross-attention to ``norm_y(mem)``, MLP)."""
+
+    def __init__(self, dim, n_heads, mlp_ratio=4.0, eps=1e-6, rope_base=100.0):
+        nn.Module.__init__(self)       # the released order: self-attention first (one seed, one initialisation)
+        self.norm1 = nn.LayerNorm(dim, eps=eps)
+        self.attn = SelfAttention(dim, n_heads, rope_base)
+        self._build_cross(dim, n_heads, mlp_ratio, eps, rope_base)
+
+    def forward(self, x, mem, xpos, mpos):
+        return super().forward(x + self.attn(self.norm1(x), xpos), mem, xpos, mpos)
 
 
 class CameraBlock(nn.Module):

@@ -18,6 +18,11 @@ The kind of a checkpoint is ``"nvs"`` when it holds any NVS-only key (``NVS_ONLY
 ``patch_embed_fine``, ``decoder_embed_stage2``, ``decoder_embed_fxfycxcy``), else ``"geometry"``;
 it must equal the model's ``cfg.kind``.
 Alias pairs (``...layer{k}_rn.weight`` / ``...layer_rn.{k-1}.weight``) may appear once or twice.
+
+Files hold the released names. ``FlareModel`` nests its parameters by stage
+(``encoder.enc_blocks.0...``); :func:`released_state_dict` is the one place where our names
+meet the released ones (``FlareModel.released_names()``, generated from the module tree), so
+the checks, reports and saved files speak released names only.
 """
 from __future__ import annotations
 
@@ -31,13 +36,20 @@ from flare_nb.model.flare import omitted_key_prefixes
 from flare_nb.model.reference import ALIASES
 
 __all__ = ["CheckpointError", "LoadReport", "read_state_dict", "detect_kind", "check_state_dict",
-           "load_flare_checkpoint", "save_flare_checkpoint", "NVS_ONLY_KEYS", "GEOMETRY_ONLY_KEYS"]
+           "load_flare_checkpoint", "save_flare_checkpoint", "released_state_dict", "NVS_ONLY_KEYS", "GEOMETRY_ONLY_KEYS"]
 
 #: key prefixes that only the released NVS model has / only the geometry model has
 NVS_ONLY_KEYS = ("patch_embed_fine.", "decoder_embed_stage2.", "decoder_embed_fxfycxcy.")
 GEOMETRY_ONLY_KEYS = ("patch_embed_coarse.",)
 _ALLOWED_DTYPES = (torch.float32, torch.bfloat16)
 _PARTNER = {**{a: b for a, b in ALIASES}, **{b: a for a, b in ALIASES}}
+
+
+def released_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """``model``'s state dict under the released names (``FlareModel.released_state_dict``); the
+    plain ``state_dict()`` for modules that already use them (e.g. a standalone head)."""
+    fn = getattr(model, "released_state_dict", None)
+    return fn() if callable(fn) else model.state_dict()
 
 
 class CheckpointError(ValueError):
@@ -182,7 +194,7 @@ def load_flare_checkpoint(model: torch.nn.Module, path, strict: bool = True) -> 
     ``strict``) unexpected keys) -- in which case the model is left untouched.
     """
     sd = read_state_dict(path)
-    model_sd = model.state_dict()
+    model_sd = released_state_dict(model)
     problems, skipped, missing, unexpected = check_state_dict(
         {k: tuple(v.shape) for k, v in model_sd.items()}, {k: tuple(v.shape) for k, v in sd.items()},
         getattr(getattr(model, "cfg", None), "kind", "geometry"), {k: v.dtype for k, v in sd.items()}, strict)
@@ -200,13 +212,14 @@ def load_flare_checkpoint(model: torch.nn.Module, path, strict: bool = True) -> 
 
 
 def save_flare_checkpoint(model_or_sd, path, dtype: torch.dtype | None = None, wrap: bool = True) -> Path:
-    """Save a state dict (of a model, or a dict) to ``.safetensors`` or ``.pth``.
+    """Save a state dict (of a model, under the released names; or a dict as it is) to
+    ``.safetensors`` or ``.pth``.
 
     ``dtype`` (float32 / bfloat16) casts floating tensors. ``.pth`` files hold
     ``{"model": sd}`` when ``wrap`` (the released layout), else the bare state dict. Alias
     names are written as separate copies (safetensors cannot store shared tensors).
     """
-    sd = model_or_sd.state_dict() if isinstance(model_or_sd, torch.nn.Module) else dict(model_or_sd)
+    sd = released_state_dict(model_or_sd) if isinstance(model_or_sd, torch.nn.Module) else dict(model_or_sd)
     if dtype is not None and dtype not in _ALLOWED_DTYPES:
         raise ValueError(f"dtype must be torch.float32 or torch.bfloat16, got {dtype}")
     out = {}

@@ -13,7 +13,7 @@ from torch import nn
 from flare_nb.model.blocks import EncoderBlock
 from flare_nb.model.rope import grid_positions
 
-__all__ = ["PatchEmbed", "EncoderMixin"]
+__all__ = ["PatchEmbed", "Encoder"]
 
 
 class PatchEmbed(nn.Module):
@@ -27,17 +27,22 @@ class PatchEmbed(nn.Module):
         return self.proj(x).flatten(2).transpose(1, 2)
 
 
-class EncoderMixin:
-    """Registers ``patch_embed``, ``enc_blocks``, ``enc_norm`` on the model; ``encode`` runs them."""
+class Encoder(nn.Module):
+    """The image encoder ``model.encoder``: ``patch_embed``, ``enc_blocks``, ``enc_norm``.
 
-    def _build_encoder(self, cfg):
+    ``forward(images (BV, 3, H, W), keep_states=())`` -> dict (see :meth:`forward`).
+    """
+
+    def __init__(self, cfg):
+        super().__init__()
+        self.patch_size = cfg.patch_size
         self.patch_embed = PatchEmbed(3, cfg.enc_dim, cfg.patch_size)
         self.enc_blocks = nn.ModuleList(
             EncoderBlock(cfg.enc_dim, cfg.enc_heads, cfg.enc_mlp_ratio, cfg.norm_eps, cfg.rope_base)
             for _ in range(cfg.enc_depth))
         self.enc_norm = nn.LayerNorm(cfg.enc_dim, eps=cfg.norm_eps)
 
-    def encode(self, images: torch.Tensor, keep_states=()) -> dict:
+    def forward(self, images: torch.Tensor, keep_states=()) -> dict:
         """Encode ``images (BV, 3, H, W)`` in [-1, 1].
 
         Returns a dict with ``tokens`` (BV, N, enc_dim) after ``enc_norm``, ``patch`` (BV, N,
@@ -45,7 +50,7 @@ class EncoderMixin:
         ``grid`` (h, w) and ``states`` {k: (BV, N, enc_dim)} the token tensors entering encoder
         block ``k`` for each ``k`` in ``keep_states``.
         """
-        p = self.cfg.patch_size
+        p = self.patch_size
         h, w = images.shape[-2] // p, images.shape[-1] // p
         pos = grid_positions(h, w, images.device)
         x = self.patch_embed(images)

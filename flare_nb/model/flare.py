@@ -1,9 +1,20 @@
 """``FlareModel``: the FLARE network, stage by stage (notebooks 01-05; NVS parts in ``flare_nb.model.nvs``).
 
-``FlareModel(cfg)`` registers the modules of each stage (``encoder``, ``pose_predictor``,
-``camera_centric``, ``global_projector``) directly on itself, so its ``state_dict`` names
-are exactly the released checkpoint's (``data/flare_reference/manifest_geometry_pose.json``)
-minus the keys of modules never used at inference (``OMITTED_KEYS_PREFIXES``).
+``FlareModel(cfg)`` is built from one module per stage, each with its own ``forward``::
+
+    model.encoder            # Encoder: images -> patch tokens (ViT)
+    model.pose_predictor     # CoarsePosePredictor, stage 1: coarse tokens -> camera tokens, coarse pose
+    model.embed_pose         # the pose embedding shared by stages 2 and 3
+    model.camera_centric     # CameraCentric, stage 2: pose-conditioned tokens, refined pose, head 1
+    model.global_projector   # GlobalProjector, stage 3: every view in view 0's frame, head 2
+    model.detail_encoder     # NVS model: the second image path (shallow CNN + 4 encoder blocks)
+    model.gaussian_head      # NVS model: one Gaussian per pixel
+
+Inside each stage the modules carry the released checkpoint's names, so a parameter's released
+name is its name without the stage (``RELEASED_PREFIX``; ``gaussian_head`` is the released
+``downstream_head4``). ``model.released_names()`` is that map, generated from the module tree;
+checkpoints on disk use the released names (``data/flare_reference/manifest_geometry_pose.json``
+minus the keys of modules never used at inference, ``OMITTED_KEYS_PREFIXES``).
 
 Forward::
 
@@ -30,20 +41,30 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from flare_nb.model.camera_centric import CameraCentricMixin
+from flare_nb.model.blocks import Mlp
+from flare_nb.model.camera_centric import CameraCentric, camera_embed_input
 from flare_nb.model.config import FlareConfig
-from flare_nb.model.encoder import EncoderMixin
+from flare_nb.model.encoder import Encoder
 from flare_nb.model.gaussian_head import activate_gaussians
-from flare_nb.model.global_projector import GlobalProjectorMixin
-from flare_nb.model.nvs import (NvsMixin, camera_embed_input_baseline,
-                                intrinsics_vector)
+from flare_nb.model.global_projector import GlobalProjector
+from flare_nb.model.nvs import (DetailEncoder, camera_embed_input_baseline,
+                                intrinsics_vector, make_gaussian_head,
+                                run_gaussian_head)
 from flare_nb.model.pose_encoding import (RIGID_TOLERANCE, check_camera_poses,
                                          decode_pose_encoding, given_pose_encoding)
-from flare_nb.model.pose_predictor import PosePredictorMixin
+from flare_nb.model.pose_predictor import CoarsePosePredictor
 
-__all__ = ["FlareModel", "FlareOutput", "OMITTED_KEYS_PREFIXES", "NVS_OMITTED_KEYS_PREFIXES",
+__all__ = ["FlareModel", "FlareOutput", "RELEASED_PREFIX", "STAGE_MODULES", "OMITTED_KEYS_PREFIXES", "NVS_OMITTED_KEYS_PREFIXES",
            "omitted_key_prefixes", "INERT_PARAMETERS", "check_camera_poses", "given_pose_encoding",
            "RIGID_TOLERANCE"]
+
+#: The stage modules of ``FlareModel`` (attribute names, in call order; the NVS model adds the last two).
+STAGE_MODULES = ("encoder", "pose_predictor", "camera_centric", "global_projector", "detail_encoder",
+                 "gaussian_head")
+#: What replaces a stage's attribute name in the released state-dict names: the modules inside a
+#: stage carry their released names, the Gaussian head is released as ``downstream_head4``.
+#: Parameters outside the stages (``embed_pose``) have their released names already.
+RELEASED_PREFIX = {**{s: "" for s in STAGE_MODULES}, "gaussian_head": "downstream_head4."}
 
 #: Released state-dict keys of modules that never take part in the inference forward pass;
 #: ``FlareModel`` does not build them and the checkpoint loader reports and skips them.
@@ -123,13 +144,14 @@ class FlareOutput:
         return decode_pose_encoding((self.pose_enc_stage1 if stage == 1 else self.pose_enc_stage2)[iteration])
 
 
-class FlareModel(EncoderMixin, PosePredictorMixin, CameraCentricMixin, GlobalProjectorMixin, NvsMixin, nn.Module):
+class FlareModel(nn.Module):
     """The FLARE network: released ``geometry_pose`` model with ``official_geometry()``, released
     ``NVS`` model (Gaussians) with ``official_nvs()``.
 
     Build: ``FlareModel(cfg)``; weights from ``flare_nb.model.checkpoint.load_flare_checkpoint``.
-    Stages (one mixin each): ``encode`` -> ``predict_coarse_pose`` -> ``camera_centric`` ->
-    ``global_projection``.
+    Stages (one module each, called in this order by ``forward``): ``encoder`` ->
+    ``pose_predictor`` -> ``camera_centric`` -> ``global_projector`` (NVS: ``detail_encoder``
+    before stage 3, ``gaussian_head`` after it).
     """
 
     def __init__(self, cfg: FlareConfig | None = None):
@@ -138,12 +160,45 @@ class FlareModel(EncoderMixin, PosePredictorMixin, CameraCentricMixin, GlobalPro
         if not isinstance(cfg, FlareConfig):
             raise TypeError(f"FlareModel expects a FlareConfig, got {type(cfg).__name__}")
         self.cfg = cfg
-        self._build_encoder(cfg)
-        self._build_pose_predictor(cfg)
-        self._build_camera_centric(cfg)
-        self._build_global_projector(cfg)
-        if cfg.kind == "nvs":
-            self._build_nvs(cfg)
+        self.encoder = Encoder(cfg)
+        self.pose_predictor = CoarsePosePredictor(cfg)
+        self.embed_pose = Mlp(cfg.pose_embed_dim, cfg.dec_dim, cfg.dec_dim)
+        self.camera_centric = CameraCentric(cfg)
+        self.global_projector = GlobalProjector(cfg)
+        if cfg.kind == "nvs":      # modules are created in the released model's order
+            self.detail_encoder = DetailEncoder(cfg)
+            self.global_projector.add_nvs_inputs(cfg)
+            self.gaussian_head = make_gaussian_head(cfg)
+
+    # ------------------------------------------------------------------ released names
+    def released_names(self) -> dict[str, str]:
+        """``{our state-dict name: released name}`` for every entry of ``state_dict()`` (alias
+        names included), generated from the module tree with ``RELEASED_PREFIX``: e.g.
+        ``encoder.enc_blocks.0.attn.qkv.weight`` -> ``enc_blocks.0.attn.qkv.weight``,
+        ``gaussian_head.color.weight`` -> ``downstream_head4.color.weight``."""
+        out = {}
+        for name in self.state_dict(keep_vars=True):
+            stage, _, rest = name.partition(".")
+            out[name] = RELEASED_PREFIX[stage] + rest if stage in RELEASED_PREFIX else name
+        if len(set(out.values())) != len(out):
+            raise RuntimeError("two parameters of FlareModel map to one released name")
+        return out
+
+    def released_state_dict(self) -> dict[str, torch.Tensor]:
+        """``state_dict()`` under the released names (what checkpoints on disk hold)."""
+        names = self.released_names()
+        return {names[k]: v for k, v in self.state_dict().items()}
+
+    def load_released_state_dict(self, state_dict: dict, strict: bool = True) -> tuple[list, list]:
+        """``load_state_dict`` for a state dict in released names; returns ``(missing, unexpected)``
+        in released names. With ``strict`` either is an error (RuntimeError, model untouched)."""
+        ours = {v: k for k, v in self.released_names().items()}
+        missing = sorted(k for k in ours if k not in state_dict)
+        unexpected = sorted(k for k in state_dict if k not in ours)
+        if strict and (missing or unexpected):
+            raise RuntimeError(f"state dict does not fit FlareModel: missing {missing[:5]}, unexpected {unexpected[:5]}")
+        self.load_state_dict({ours[k]: v for k, v in state_dict.items() if k in ours}, strict=False)
+        return missing, unexpected
 
     # ------------------------------------------------------------------ helpers
     @staticmethod
@@ -154,9 +209,11 @@ class FlareModel(EncoderMixin, PosePredictorMixin, CameraCentricMixin, GlobalPro
         return sorted(k for k in reference_keys if k.startswith(prefixes))
 
     def inert_parameter_names(self) -> list[str]:
-        """Names of held parameters that cannot influence any output (see ``INERT_PARAMETERS``)."""
+        """Names (``named_parameters``) of held parameters that cannot influence any output (see
+        ``INERT_PARAMETERS``, in released names)."""
         pre = tuple(p.replace("{last}", str(self.cfg.dec_depth - 1)) for p in INERT_PARAMETERS)
-        return [n for n, _ in self.named_parameters() if n.startswith(pre)]
+        released = self.released_names()
+        return [n for n, _ in self.named_parameters() if released[n].startswith(pre)]
 
     def check_images(self, images) -> torch.Tensor:
         """Validate the model input and return it as one ``(B, V, 3, H, W)`` tensor.
@@ -207,6 +264,20 @@ class FlareModel(EncoderMixin, PosePredictorMixin, CameraCentricMixin, GlobalPro
                              "sequence of per-iteration (B, V, 9) encodings or None")
         return pose_teacher.get(stage)
 
+    def _conditioning_pose(self, pose_enc, stage: int, pose_noise, given):
+        """The pose encoding ``(B, V, 9)`` that conditions stage ``stage`` (2 or 3): the previous
+        stage's last one, with the training pose noise, the ablation without pose conditioning
+        or the known poses applied."""
+        if pose_noise is not None:
+            pose_enc = pose_noise(pose_enc.detach(), stage)
+        if not self.cfg.pose_conditioning:       # ablation (notebook 06): a constant, pose-free camera embedding
+            pose_enc = _identity_pose_encoding(pose_enc)
+        return given if given is not None else pose_enc
+
+    def _embed_pose(self, camera_embed_in, enc):
+        """``embed_pose`` of a camera-embedding input ``(B, V, 7)`` in the tokens' dtype -> ``(B, V, D)``."""
+        return self.embed_pose(camera_embed_in.to(enc["tokens"].dtype))
+
     # ------------------------------------------------------------------ forward
     def forward(self, images, pose_teacher: dict | None = None, local_features: bool = False,
                 pose_noise=None, intrinsics=None, camera_poses=None) -> FlareOutput:
@@ -244,28 +315,23 @@ class FlareModel(EncoderMixin, PosePredictorMixin, CameraCentricMixin, GlobalPro
                 raise ValueError("camera_poses (known poses) work with the geometry model only, with pose "
                                  "conditioning on and without pose_noise")
             given = given_pose_encoding(check_camera_poses(camera_poses, B, V)).to(images.device)
-        enc = self.encode(images.reshape(B * V, 3, H, W), keep_states=set(cfg.inject_enc_states))
-        s1 = self.predict_coarse_pose(enc["tokens"], enc["grid"], B, V, self._teacher(pose_teacher, "stage1"))
-        pose2 = s1["pose_enc"][-1] if pose_noise is None else pose_noise(s1["pose_enc"][-1].detach(), 2)
-        if not cfg.pose_conditioning:       # ablation (notebook 06): a constant, pose-free camera embedding
-            pose2 = _identity_pose_encoding(pose2)
-        if given is not None:
-            pose2 = given
-        s2 = self.camera_centric(enc, B, V, (H, W), pose2, self._teacher(pose_teacher, "stage2"), local_features)
-        pose3 = s2["pose_enc"][-1] if pose_noise is None else pose_noise(s2["pose_enc"][-1].detach(), 3)
-        if not cfg.pose_conditioning:
-            pose3 = _identity_pose_encoding(pose3)
-        if given is not None:
-            pose3 = given
+        flat = images.reshape(B * V, 3, H, W)
+        enc = self.encoder(flat, keep_states=set(cfg.inject_enc_states))
+        s1 = self.pose_predictor(enc["tokens"], enc["grid"], B, V, self._teacher(pose_teacher, "stage1"))
+        cam_in2 = camera_embed_input(self._conditioning_pose(s1["pose_enc"][-1], 2, pose_noise, given))
+        s2 = self.camera_centric(enc, self._embed_pose(cam_in2, enc), B, V, (H, W),
+                                 self._teacher(pose_teacher, "stage2"), local_features)
+        pose3 = self._conditioning_pose(s2["pose_enc"][-1], 3, pose_noise, given)
         if nvs:  # second image path, intrinsics, baseline-normalised pose (flare_nb.model.nvs)
-            st2 = self.encode_stage2(images.reshape(B * V, 3, H, W))
+            st2 = self.detail_encoder(flat)
             fx_in = fxfycxcy / cfg.intrinsics_scale
-            nvs_kw = dict(camera_embed_in=camera_embed_input_baseline(pose3),
-                          token_extra=self.decoder_embed_stage2(st2["tokens"]),
-                          camera_extra=self.decoder_embed_fxfycxcy(fx_in.to(enc["tokens"].dtype)))
-            s3 = self.global_projection(enc, B, V, (H, W), s2["layers"], pose3, True, **nvs_kw)
+            cam_in3 = camera_embed_input_baseline(pose3)
+            s3 = self.global_projector(enc, self._embed_pose(cam_in3, enc), s2["layers"], B, V, (H, W), True,
+                                       detail_tokens=st2["tokens"], intrinsics_in=fx_in)
         else:
-            s3 = self.global_projection(enc, B, V, (H, W), s2["layers"], pose3, local_features)
+            cam_in3 = camera_embed_input(pose3)
+            s3 = self.global_projector(enc, self._embed_pose(cam_in3, enc), s2["layers"], B, V, (H, W),
+                                       local_features)
         N = enc["tokens"].shape[1]
         inter = {
             "patch_embed_out": enc["patch"].reshape(B, V, N, -1),
@@ -273,8 +339,8 @@ class FlareModel(EncoderMixin, PosePredictorMixin, CameraCentricMixin, GlobalPro
             "stage1_coarse_tokens": s1["coarse_tokens"],
             "stage1_cam_tokens": s1["cam_tokens"],
             "stage2_cam_tokens": s2["cam_tokens"],
-            "stage2_camera_embed_in": s2["camera_embed_in"],
-            "stage3_camera_embed_in": s3["camera_embed_in"],
+            "stage2_camera_embed_in": cam_in2,
+            "stage3_camera_embed_in": cam_in3,
             "stage2_tokens_last": s2["layers"][-1],
             "stage3_tokens_last": s3["layers"][-1],
         }
@@ -290,7 +356,7 @@ class FlareModel(EncoderMixin, PosePredictorMixin, CameraCentricMixin, GlobalPro
                                pts3d_cam=h1["pts3d"], conf_cam=h1["conf"], pts3d_global=h2["pts3d"],
                                conf_global=h2["conf"], local_features=lf, intermediates=inter)
         desc = h2["local_features"]
-        raw = self.run_gaussian_head(desc, st2["detail"])
+        raw = run_gaussian_head(self.gaussian_head, desc, st2["detail"])
         inter.update(fxfycxcy_embed_in=fx_in, enc_stage2_norm_out=st2["tokens"].reshape(B, V, N, -1), desc=desc,
                      cnn_detail=st2["detail"].reshape(B, V, *st2["detail"].shape[1:]).permute(0, 1, 3, 4, 2))
         gaussians = [activate_gaussians({k: v[b] for k, v in raw.items()}, h2["pts3d"][b]) for b in range(B)]

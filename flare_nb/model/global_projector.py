@@ -19,21 +19,27 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from flare_nb.model.blocks import CameraBlock, CrossBlock, SelfBlock
-from flare_nb.model.camera_centric import (camera_embed_input, make_dpt_head,
-                                           run_dpt)
-from flare_nb.model.pose_predictor import camera_step
+from flare_nb.model.blocks import CameraBlock, CrossBlock, Mlp, SelfBlock
+from flare_nb.model.camera_centric import (finish_decoder, global_layer,
+                                           inject_encoder_state, make_dpt_head)
+from flare_nb.model.pose_predictor import camera_tokens
 
-__all__ = ["GlobalProjectorMixin"]
+__all__ = ["GlobalProjector"]
 
 
-class GlobalProjectorMixin:
-    """Stage 3 modules: ``decoder_embed_point``, ``pose_token_{ref,source}_point``,
+class GlobalProjector(nn.Module):
+    """Stage 3, ``model.global_projector``: ``decoder_embed_point``, ``pose_token_{ref,source}_point``,
     ``dec_blocks_point_cross``, ``dec_blocks_point``, ``cam_cond_encoder_point``,
     ``cam_cond_embed_point``, ``cam_cond_embed_point_pre``, ``enc_inject_stage3``,
-    ``inject_stage3``, ``dec_norm_point``, ``downstream_head2``."""
+    ``inject_stage3``, ``dec_norm_point``, ``downstream_head2``; in the NVS model also
+    ``decoder_embed_stage2`` (second image path's tokens -> decoder width) and
+    ``decoder_embed_fxfycxcy`` (intrinsics -> camera embedding), ``flare_nb.model.nvs``.
+    See :meth:`forward` for the shapes.
+    """
 
-    def _build_global_projector(self, cfg):
+    def __init__(self, cfg):
+        super().__init__()
+        self.cfg = cfg
         D, E = cfg.dec_dim, cfg.enc_dim
         n_inj = len(cfg.inject_layers)
         args = (D, cfg.dec_heads, cfg.dec_mlp_ratio, cfg.norm_eps, cfg.rope_base)
@@ -51,43 +57,47 @@ class GlobalProjectorMixin:
         self.dec_norm_point = nn.LayerNorm(D, eps=cfg.norm_eps)
         self.downstream_head2 = make_dpt_head(cfg)
 
-    def global_projection(self, enc: dict, B: int, V: int, hw, stage2_layers, pose_enc: torch.Tensor,
-                          local_features: bool = False, camera_embed_in: torch.Tensor | None = None,
-                          token_extra: torch.Tensor | None = None,
-                          camera_extra: torch.Tensor | None = None) -> dict:
-        """Stage 3. ``stage2_layers``: stage 2's ``layers``; ``pose_enc (B, V, 9)`` the last
-        stage-2 encoding (detached here). Returns ``camera_embed_in (B, V, 7)``, ``layers``
-        (the last after ``dec_norm_point``) and ``head`` (``downstream_head2`` outputs).
+    def add_nvs_inputs(self, cfg) -> None:
+        """The NVS model's two extra inputs of stage 3: ``decoder_embed_stage2`` and
+        ``decoder_embed_fxfycxcy``. ``FlareModel`` adds them after building its detail encoder, in
+        the released model's module order (so one seed gives one initialisation)."""
+        D, E = cfg.dec_dim, cfg.enc_dim
+        self.decoder_embed_stage2 = nn.Linear(E, D)
+        self.decoder_embed_fxfycxcy = Mlp(4, D, D)
 
-        NVS model only (``flare_nb.model.nvs``): ``camera_embed_in (B, V, 7)`` replaces
-        ``camera_embed_input(pose_enc)``; ``token_extra (B*V, N, dec_dim)`` is added to the
-        fresh tokens, ``camera_extra (B, V, dec_dim)`` to the pose embedding."""
+    def forward(self, enc: dict, pose_embed: torch.Tensor, stage2_layers, B: int, V: int, hw,
+                local_features: bool = False, detail_tokens: torch.Tensor | None = None,
+                intrinsics_in: torch.Tensor | None = None) -> dict:
+        """Stage 3. ``enc``: the encoder's output; ``pose_embed (B, V, D)``: ``model.embed_pose`` of
+        the refined pose's camera-embedding input; ``stage2_layers``: stage 2's ``layers``. Returns
+        ``layers`` (list of (B, V, N, D), the last after ``dec_norm_point``) and ``head``
+        (``downstream_head2`` outputs with a (B, V) leading shape).
+
+        NVS model only: ``detail_tokens (B*V, N, E)`` (second image path) pass
+        ``decoder_embed_stage2`` and are added to the fresh tokens; ``intrinsics_in (B, V, 4)``
+        (``[fx, fy, cx, cy] / cfg.intrinsics_scale``) pass ``decoder_embed_fxfycxcy`` and are added
+        to ``pose_embed``."""
         cfg = self.cfg
         tokens, pos, states = enc["tokens"], enc["pos"], enc["states"]
         N = tokens.shape[1]
-        cam_in = camera_embed_input(pose_enc) if camera_embed_in is None else camera_embed_in
-        e = self.embed_pose(cam_in.to(tokens.dtype))
-        if camera_extra is not None:
-            e = e + camera_extra
+        if intrinsics_in is not None:
+            pose_embed = pose_embed + self.decoder_embed_fxfycxcy(intrinsics_in.to(tokens.dtype))
         f = self.decoder_embed_point(tokens)
-        if token_extra is not None:
-            f = f + token_extra
+        if detail_tokens is not None:
+            f = f + self.decoder_embed_stage2(detail_tokens)
         f = f.reshape(B, V, N, -1)
         D = f.shape[-1]
         pos_all = pos.repeat(V, 1)
-        cam = torch.cat((self.pose_token_ref_point.expand(B, 1, D),
-                         self.pose_token_source_point.expand(B, V - 1, D)), 1) + e
+        cam = camera_tokens(self.pose_token_ref_point, self.pose_token_source_point, B, V) + pose_embed
         layers = []
         for i in range(cfg.dec_depth):
             mem = stage2_layers[i] + self.cam_cond_embed_point_pre[i](cam)[:, :, None]
             f = self.dec_blocks_point_cross[i](f.reshape(B * V, N, D), mem.reshape(B * V, N, D), pos, pos)
-            f = self.dec_blocks_point[i](f.reshape(B, V * N, D), pos_all).reshape(B, V, N, D)
-            cam, f = camera_step(self.cam_cond_encoder_point[i], self.cam_cond_embed_point[i], cam, f)
-            if i in cfg.inject_layers:
-                j = cfg.inject_layers.index(i)
-                s = states[cfg.inject_enc_states[j]]
-                f = f + self.inject_stage3[j](self.enc_inject_stage3[j](s)).reshape(B, V, N, D)
+            f = f.reshape(B, V, N, D)
+            cam, f = global_layer(self.dec_blocks_point[i], self.cam_cond_encoder_point[i],
+                                  self.cam_cond_embed_point[i], cam, f, pos_all)
+            f = inject_encoder_state(f, i, cfg, states, self.enc_inject_stage3, self.inject_stage3)
             layers.append(f)
-        layers[-1] = self.dec_norm_point(layers[-1])
-        head = run_dpt(self.downstream_head2, tokens, layers, cfg.dpt_hooks, hw, B, V, local_features)
-        return {"camera_embed_in": cam_in, "layers": layers, "head": head}
+        head = finish_decoder(layers, self.dec_norm_point, self.downstream_head2, tokens, cfg, hw, B, V,
+                              local_features)
+        return {"layers": layers, "head": head}

@@ -3,17 +3,17 @@
 The released NVS model (``NVS.pth``) is the geometry cascade plus four things, all used in
 stage 3 (the global projector) and after it:
 
-1. a second image path, per view: the shallow CNN (:mod:`flare_nb.model.shallow_cnn`) on the input
+1. a second image path, per view (``model.detail_encoder``, :class:`DetailEncoder`): the shallow CNN (:mod:`flare_nb.model.shallow_cnn`) on the input
    image gives a fused map ``(64, H, W)`` and a ``detail`` map ``(16, H, W)``; the fused map
    plus the RoPE-of-ones term goes through ``patch_embed_fine`` (16x16/16 conv 64 -> 1024),
    ``nvs_enc_depth`` (4) encoder blocks ``enc_blocks_stage2`` (token RoPE) and
-   ``enc_norm_stage2``; ``decoder_embed_stage2`` of those tokens is *added* to stage 3's
+   ``enc_norm_stage2``; ``decoder_embed_stage2`` (in ``model.global_projector``) of those tokens is *added* to stage 3's
    fresh tokens ``decoder_embed_point(encoder tokens)``;
-2. the intrinsics: ``decoder_embed_fxfycxcy([fx, fy, cx, cy] / 2000)`` (pixels of the input
+2. the intrinsics: ``global_projector.decoder_embed_fxfycxcy([fx, fy, cx, cy] / 2000)`` (pixels of the input
    image, MLP 4 -> 768 -> 768) is added to the pose embedding of each stage-3 camera token;
 3. stage 3's pose embedding normalises the translations by the *baseline* ``|T_0 - T_1|``
    (views 0 and 1) instead of the mean translation norm (stage 2 keeps the mean);
-4. the Gaussian head ``downstream_head4`` (:mod:`flare_nb.model.gaussian_head`) on head 2's raw
+4. the Gaussian head ``model.gaussian_head`` (released ``downstream_head4``, :mod:`flare_nb.model.gaussian_head`) on head 2's raw
    local features (``desc_dim + 1`` channels) and the detail map; the Gaussian centres are
    head 2's global pointmap (view 0's camera frame).
 
@@ -26,14 +26,14 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from flare_nb.model.blocks import EncoderBlock, Mlp
+from flare_nb.model.blocks import EncoderBlock
 from flare_nb.model.encoder import PatchEmbed
 from flare_nb.model.gaussian_head import GaussianHead
 from flare_nb.model.rope import grid_positions
-from flare_nb.model.shallow_cnn import (add_rope_ones, build_shallow_cnn,
-                                        run_shallow_cnn)
+from flare_nb.model.shallow_cnn import ShallowCNN, add_rope_ones
 
-__all__ = ["NvsMixin", "camera_embed_input_baseline", "intrinsics_vector"]
+__all__ = ["DetailEncoder", "make_gaussian_head", "run_gaussian_head", "camera_embed_input_baseline",
+           "intrinsics_vector"]
 
 
 def camera_embed_input_baseline(pose_enc: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
@@ -72,42 +72,45 @@ def intrinsics_vector(intrinsics, B: int, V: int) -> torch.Tensor:
     return k
 
 
-class NvsMixin:
-    """NVS modules (top-level names as in ``NVS.pth``): ``cnn_wobn``, ``cnn_fusion``, ``cnn_proj``,
-    ``patch_embed_fine``, ``enc_blocks_stage2``, ``enc_norm_stage2``, ``decoder_embed_stage2``,
-    ``decoder_embed_fxfycxcy``, ``downstream_head4``."""
+class DetailEncoder(ShallowCNN):
+    """The NVS model's second image path, ``model.detail_encoder``: the shallow CNN
+    (``cnn_wobn``, ``cnn_fusion``, ``cnn_proj``, :class:`~flare_nb.model.shallow_cnn.ShallowCNN`),
+    ``patch_embed_fine``, ``enc_blocks_stage2``, ``enc_norm_stage2``.
 
-    def _build_nvs(self, cfg):
-        E, D = cfg.enc_dim, cfg.dec_dim
-        cnn = build_shallow_cnn(tuple(cfg.cnn_widths), cfg.cnn_fpn_dim, cfg.cnn_fusion_dim, cfg.cnn_detail_dim)
-        for name, module in cnn.items():
-            setattr(self, name, module)
+    ``forward(images (BV, 3, H, W))`` in [-1, 1] -> ``tokens (BV, N, enc_dim)`` after
+    ``enc_norm_stage2`` and ``detail (BV, cnn_detail_dim, H, W)`` (the Gaussian head's input).
+    """
+
+    def __init__(self, cfg):
+        super().__init__(tuple(cfg.cnn_widths), cfg.cnn_fpn_dim, cfg.cnn_fusion_dim, cfg.cnn_detail_dim)
+        E = cfg.enc_dim
+        self.patch_size, self.rope_base = cfg.patch_size, cfg.rope_base
         self.patch_embed_fine = PatchEmbed(cfg.cnn_fusion_dim, E, cfg.patch_size)
         self.enc_blocks_stage2 = nn.ModuleList(
             EncoderBlock(E, cfg.enc_heads, cfg.enc_mlp_ratio, cfg.norm_eps, cfg.rope_base)
             for _ in range(cfg.nvs_enc_depth))
         self.enc_norm_stage2 = nn.LayerNorm(E, eps=cfg.norm_eps)
-        self.decoder_embed_stage2 = nn.Linear(E, D)
-        self.decoder_embed_fxfycxcy = Mlp(4, D, D)
-        self.downstream_head4 = GaussianHead(desc_dim=cfg.desc_dim + 1, detail_dim=cfg.cnn_detail_dim,
-                                             hidden=cfg.gs_hidden, sh_degree=cfg.sh_degree)
 
-    def encode_stage2(self, images: torch.Tensor) -> dict:
-        """The second image path. ``images (BV, 3, H, W)`` in [-1, 1] -> ``tokens (BV, N,
-        enc_dim)`` after ``enc_norm_stage2`` and ``detail (BV, cnn_detail_dim, H, W)``."""
-        cfg = self.cfg
-        fusion, detail = run_shallow_cnn(self.cnn_wobn, self.cnn_fusion, self.cnn_proj, images)
-        x = self.patch_embed_fine(add_rope_ones(fusion, base=cfg.rope_base))
-        p = cfg.patch_size
+    def forward(self, images: torch.Tensor) -> dict:
+        fusion, detail = super().forward(images)
+        x = self.patch_embed_fine(add_rope_ones(fusion, base=self.rope_base))
+        p = self.patch_size
         pos = grid_positions(images.shape[-2] // p, images.shape[-1] // p, images.device)
         for blk in self.enc_blocks_stage2:
             x = blk(x, pos)
         return {"tokens": self.enc_norm_stage2(x), "detail": detail}
 
-    def run_gaussian_head(self, desc: torch.Tensor, detail: torch.Tensor) -> dict:
-        """``desc (B, V, H, W, desc_dim + 1)`` raw head-2 local features (channels last) and
-        ``detail (B*V, cnn_detail_dim, H, W)`` -> raw Gaussian dict, each ``(B, V, H, W, C)``
-        (keys of :meth:`GaussianHead.forward`)."""
-        B, V = desc.shape[:2]
-        raw = self.downstream_head4(desc.flatten(0, 1).permute(0, 3, 1, 2), detail.to(desc.dtype))
-        return {k: v.reshape(B, V, *v.shape[1:]) for k, v in raw.items()}
+
+def make_gaussian_head(cfg) -> GaussianHead:
+    """``model.gaussian_head`` (released ``downstream_head4``) of an NVS config."""
+    return GaussianHead(desc_dim=cfg.desc_dim + 1, detail_dim=cfg.cnn_detail_dim, hidden=cfg.gs_hidden,
+                        sh_degree=cfg.sh_degree)
+
+
+def run_gaussian_head(head: GaussianHead, desc: torch.Tensor, detail: torch.Tensor) -> dict:
+    """``desc (B, V, H, W, desc_dim + 1)`` raw head-2 local features (channels last) and
+    ``detail (B*V, cnn_detail_dim, H, W)`` -> raw Gaussian dict, each ``(B, V, H, W, C)``
+    (keys of :meth:`GaussianHead.forward`)."""
+    B, V = desc.shape[:2]
+    raw = head(desc.flatten(0, 1).permute(0, 3, 1, 2), detail.to(desc.dtype))
+    return {k: v.reshape(B, V, *v.shape[1:]) for k, v in raw.items()}

@@ -1,6 +1,6 @@
 """Stage 1 of FLARE, the neural pose predictor, and the iterative pose head (notebook 02).
 
-Stage 1 (``PosePredictorMixin``) works on *coarse* tokens: a ``coarse_stride`` x
+Stage 1 (``CoarsePosePredictor``, ``model.pose_predictor``) works on *coarse* tokens: a ``coarse_stride`` x
 ``coarse_stride`` stride-``coarse_stride`` conv (``patch_embed_coarse2``) over the encoder's
 token grid + ``enc_norm_coarse`` (1/64 of the image in the released model; for portrait
 views the grid is built as the release builds it, ``release_coarse_grid``), ``decoder_embed`` to the decoder width,
@@ -31,7 +31,7 @@ from flare_nb.model.encoder import PatchEmbed
 from flare_nb.model.rope import grid_positions
 
 __all__ = ["harmonic_embedding", "PoseHead",
-           "PosePredictorMixin", "camera_step", "release_coarse_grid", "natural_coarse_grid"]
+           "CoarsePosePredictor", "camera_step", "camera_tokens", "release_coarse_grid", "natural_coarse_grid"]
 
 
 def harmonic_embedding(x: torch.Tensor, n_freq: int) -> torch.Tensor:
@@ -63,6 +63,13 @@ def camera_step(block: CameraBlock, embed: nn.Module | None, cam: torch.Tensor, 
     if embed is not None:
         tok = tok + embed(out[:, 1:]).reshape(B, V, N, C)
     return cam, tok
+
+
+def camera_tokens(ref: torch.Tensor, source: torch.Tensor, B: int, V: int) -> torch.Tensor:
+    """The initial camera tokens ``(B, V, D)``: ``ref (1, 1, D)`` for view 0, ``source (1, 1, D)``
+    shared by the other views."""
+    D = ref.shape[-1]
+    return torch.cat((ref.expand(B, 1, D), source.expand(B, V - 1, D)), 1)
 
 
 class PoseHead(nn.Module):
@@ -157,13 +164,16 @@ def make_pose_head(cfg) -> PoseHead:
                     (cfg.focal_min, cfg.focal_max))
 
 
-class PosePredictorMixin:
-    """Stage 1: registers ``patch_embed_coarse2``, ``enc_norm_coarse``, ``decoder_embed``,
-    ``dec_blocks``, ``dec_blocks2``, ``cam_cond_encoder``, ``cam_cond_embed``, ``dec_cam_norm``,
-    ``pose_token_ref``, ``pose_token_source`` and ``pose_head``."""
+class CoarsePosePredictor(nn.Module):
+    """Stage 1, ``model.pose_predictor``: ``patch_embed_coarse2``, ``enc_norm_coarse``,
+    ``decoder_embed``, ``dec_blocks``, ``dec_blocks2``, ``cam_cond_encoder``, ``cam_cond_embed``,
+    ``dec_cam_norm``, ``pose_token_ref``, ``pose_token_source`` and ``pose_head``.
 
-    def _build_pose_predictor(self, cfg):
+    ``forward(enc_tokens (B*V, N, enc_dim), grid, B, V, teacher=None)`` -> dict (:meth:`forward`).
+    """
 
+    def __init__(self, cfg):
+        super().__init__()
         D = cfg.dec_dim
         self.patch_embed_coarse2 = PatchEmbed(cfg.enc_dim, cfg.enc_dim, cfg.coarse_stride)
         self.enc_norm_coarse = nn.LayerNorm(cfg.enc_dim, eps=cfg.norm_eps)
@@ -188,10 +198,11 @@ class PosePredictorMixin:
         pos = grid_positions(x.shape[-2], x.shape[-1], x.device)
         return self.enc_norm_coarse(x.flatten(2).transpose(1, 2)), pos
 
-    def predict_coarse_pose(self, enc_tokens, grid, B: int, V: int, teacher=None) -> dict:
-        """Stage 1. ``enc_tokens (B*V, N, enc_dim)`` -> ``cam_tokens (B, V, D)`` (after
-        ``dec_cam_norm``), ``pose_enc (iters, B, V, 9)`` and ``coarse_tokens (B, V, Nc,
-        enc_dim)`` (after ``enc_norm_coarse``)."""
+    def forward(self, enc_tokens, grid, B: int, V: int, teacher=None) -> dict:
+        """Stage 1. ``enc_tokens (B*V, N, enc_dim)`` (the encoder's ``tokens``) on a ``grid`` (h, w)
+        -> ``cam_tokens (B, V, D)`` (after ``dec_cam_norm``), ``pose_enc (iters, B, V, 9)`` and
+        ``coarse_tokens (B, V, Nc, enc_dim)`` (after ``enc_norm_coarse``). ``teacher``: see
+        :class:`PoseHead`."""
         xc, pos = self.coarse_tokens(enc_tokens, grid)
         f = self.decoder_embed(xc)
         Nc, D = f.shape[1], f.shape[2]
@@ -199,7 +210,7 @@ class PosePredictorMixin:
         f1 = f[:, 0]                                 # (B, Nc, D)   view 0
         f2 = f[:, 1:].reshape(B, (V - 1) * Nc, D)    # (B, (V-1) Nc, D) all other views, one sequence
         pos2 = pos.repeat(V - 1, 1)
-        cam = torch.cat((self.pose_token_ref.expand(B, 1, D), self.pose_token_source.expand(B, V - 1, D)), 1)
+        cam = camera_tokens(self.pose_token_ref, self.pose_token_source, B, V)
         depth = len(self.dec_blocks)
         for i in range(depth):
             n1 = self.dec_blocks[i](f1, f2, pos, pos2)

@@ -30,7 +30,7 @@ from flare_nb.model.flare import FlareModel
 
 __all__ = ["DATA_DIR", "load_manifest", "manifest_shapes", "fill_value", "deterministic_fill", "fill_hash",
            "build_reference_model", "teacher_from_fixture", "compare_array", "format_comparison", "ALIASES",
-           "FILL_SHA256"]
+           "FILL_SHA256", "load_fixture", "compare_fixture", "run_fixture"]
 
 DATA_DIR = Path(__file__).resolve().parents[2] / "data" / "flare_reference"
 
@@ -76,13 +76,15 @@ def fill_value(name: str, shape, gain: float = 1.0) -> torch.Tensor:
 
 
 def _seed_names(model: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
-    """``{seed name: parameter}``, one entry per distinct tensor."""
+    """``{seed name: parameter}``, one entry per distinct tensor; names are the released ones
+    (``FlareModel.released_names()``), other modules' own names."""
     partner = {}
     for a, b in ALIASES:
         partner[a], partner[b] = b, a
+    released = model.released_names() if hasattr(model, "released_names") else {}
     groups: dict[int, list] = {}
     for name, p in model.named_parameters(remove_duplicate=False):
-        groups.setdefault(id(p), [p, set()])[1].add(name)
+        groups.setdefault(id(p), [p, set()])[1].add(released.get(name, name))
     out = {}
     for p, names in groups.values():
         names |= {partner[n] for n in names if n in partner}
@@ -112,7 +114,8 @@ def build_reference_model(cfg=None, gain: float = 1.0):
 
 
 def fill_hash(state_dict: dict, manifest: dict | None = None, gain: float = 1.0, n_first: int = 1024) -> str:
-    """sha256 over the sorted full state dict: ``name.encode()`` then the little-endian float32
+    """sha256 over the sorted full state dict (released names, e.g.
+    ``flare_nb.model.checkpoint.released_state_dict(model)``): ``name.encode()`` then the little-endian float32
     bytes of the first ``n_first`` flattened values, for every name.
 
     ``manifest``: ``{name: shape}`` of the released model; names missing from ``state_dict``
@@ -194,3 +197,67 @@ def format_comparison(results: dict) -> str:
         lines.append(f"  {k:24s} {'ok ' if r['ok'] else 'BAD'} worst {r['worst']:.2e} (tol {r['tol']:.0e}); "
                      f"{detail}; max abs {r['max_abs']:.2e}")
     return "\n".join(lines)
+
+
+def load_fixture(name: str) -> dict:
+    """The arrays of ``data/flare_reference/<name>`` (e.g. ``parity_nvs.npz``) as ``{name: ndarray}``."""
+    import numpy as np
+
+    path = DATA_DIR / name
+    if not path.is_file():
+        raise FileNotFoundError(f"reference fixture missing: {path}")
+    return dict(np.load(path))
+
+
+def compare_fixture(mine: dict, ref: dict, inputs=()) -> dict:
+    """``{name: compare_array(name, mine[name], ref[name])}`` for every array of the fixture ``ref``
+    except its ``inputs``; KeyError naming what ``mine`` lacks."""
+    names = [k for k in ref if k not in inputs]
+    lacking = [k for k in names if k not in mine]
+    if lacking:
+        raise KeyError(f"no output of ours for the fixture arrays {lacking}")
+    return {k: compare_array(k, mine[k], ref[k]) for k in names}
+
+
+def _copy(v):
+    if isinstance(v, dict):
+        return {k: _copy(x) for k, x in v.items()}
+    return v.detach().clone() if isinstance(v, torch.Tensor) else v
+
+
+def run_fixture(ref: dict, inputs, label: str, cfg=None, collect=None, **forward_kw) -> dict:
+    """One parity run: the full-size reference model of ``cfg`` (default ``official_geometry()``)
+    with the recipe's weights, run on ``ref["images"]`` with the README's teacher forcing and
+    ``forward_kw``; the model is freed before comparing.
+
+    ``collect(out) -> {name: tensor or dict}`` picks our arrays (default: the intermediates and
+    the four pointmap / confidence outputs). Returns ``hash`` (:func:`fill_hash` against the
+    manifest of the model's kind), ``results`` (:func:`compare_fixture`), ``mine`` (copies of
+    the collected arrays); prints the timings and :func:`format_comparison`.
+    """
+    import gc
+    import time
+
+    cfg = cfg if cfg is not None else official_geometry()
+    t0 = time.perf_counter()
+    model = build_reference_model(cfg)
+    t_build = time.perf_counter() - t0
+    digest = fill_hash(model.released_state_dict(), manifest_shapes(cfg.kind))
+    n_params = sum(p.numel() for p in model.parameters())
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        out = model(torch.from_numpy(ref["images"]), pose_teacher=teacher_from_fixture(ref), **forward_kw)
+    t_fwd = time.perf_counter() - t0
+    if collect is None:
+        mine = dict(out.intermediates, pts3d_cam=out.pts3d_cam, conf_cam=out.conf_cam,
+                    pts3d_global=out.pts3d_global, conf_global=out.conf_global)
+    else:
+        mine = collect(out)
+    mine = _copy(mine)
+    del model, out
+    gc.collect()
+    results = compare_fixture(mine, ref, inputs)
+    print(f"\nparity {label}: {n_params / 1e9:.3f} G parameters, build+fill {t_build:.0f} s, forward {t_fwd:.0f} s "
+          f"(CPU, float32, {torch.get_num_threads()} threads)")
+    print(format_comparison(results))
+    return {"hash": digest, "results": results, "mine": mine}

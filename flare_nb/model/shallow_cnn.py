@@ -2,8 +2,9 @@
 
 The released NVS FLARE model runs a small MVSNet-style feature pyramid directly on the input
 images (in [-1, 1], no ImageNet normalisation, no batch norm; the paper mentions a VGG, the
-release has none). Notebook 05 (Gaussian head) explains it. Three modules, registered at the
-top level of the NVS model under the released state_dict names:
+release has none). Notebook 05 (Gaussian head) explains it. Three modules, under the released
+state_dict names (in the NVS model they belong to ``model.detail_encoder``, whose names equal
+the released ones without that prefix):
 
 * ``cnn_wobn`` (:class:`ShallowFeatureNet`): three stages of two conv+ReLU layers (bias-free
   convs; widths 8, 16, 32; the first conv of stages 1 and 2 is 5x5 stride 2), then an FPN:
@@ -110,8 +111,8 @@ def build_shallow_cnn(widths: tuple[int, int, int] = (8, 16, 32), fpn_dim: int =
     """The three released modules by their top-level names.
 
     Returns ``{"cnn_wobn": ShallowFeatureNet, "cnn_fusion": Conv2d(3 fpn_dim -> fusion_dim, 3x3),
-    "cnn_proj": Conv2d(fusion_dim -> detail_dim, 3x3)}``; register each on the model under its
-    key (``setattr(model, name, module)``) so the state_dict keys are ``cnn_wobn.*`` etc.
+    "cnn_proj": Conv2d(fusion_dim -> detail_dim, 3x3)}``; :class:`ShallowCNN` registers each under
+    its key, so the state_dict keys are ``cnn_wobn.*`` etc.
     Released sizes are the defaults.
     """
     if fusion_dim < 1 or detail_dim < 1:
@@ -145,8 +146,8 @@ class ShallowCNN(nn.Module):
     """The three modules in one container, for standalone use (notebooks, tests).
 
     Its state_dict keys equal the released top-level keys (``cnn_wobn.*``, ``cnn_fusion.*``,
-    ``cnn_proj.*``), so the released sub-state-dict loads into it directly. Inside the NVS
-    model register the three children at the top level instead (see :func:`build_shallow_cnn`).
+    ``cnn_proj.*``), so the released sub-state-dict loads into it directly. The NVS model's
+    second image path (``flare_nb.model.nvs.DetailEncoder``) extends it.
     ``forward(images)`` = :func:`run_shallow_cnn`.
     """
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 import torch
 
 from flare_nb.cameras import transform_points
+from flare_nb.model.camera_centric import camera_embed_input
 from flare_nb.model.pose_encoding import decode_c2w, move_camera_in_encoding
 
 __all__ = ["weights_banner", "trace_dpt", "run_to_stage2", "run_stage3", "perturb_view_pose",
@@ -91,7 +92,8 @@ def run_to_stage2(model, images) -> dict:
     """Encoder, stage 1 and stage 2 of ``model`` on ONE scene ``images (1, V, 3, H, W)`` in [-1, 1].
 
     Returns a cache dict: ``enc`` (encoder outputs), ``B``, ``V``, ``hw``, ``stage1`` and
-    ``stage2`` (the dicts of ``predict_coarse_pose`` / ``camera_centric``); ``pose1`` and
+    ``stage2`` (the dicts of ``model.pose_predictor`` / ``model.camera_centric``, the latter with
+    the ``camera_embed_in (1, V, 7)`` it was conditioned on); ``pose1`` and
     ``pose2`` ``(V, 9)`` the last coarse / refined pose encodings; ``pts3d_cam (V, H, W, 3)``,
     ``conf_cam (V, H, W)``. Same numbers as ``model(images)`` without pose noise. Notebook 04.
     """
@@ -100,12 +102,25 @@ def run_to_stage2(model, images) -> dict:
     if B != 1:
         raise ValueError(f"run_to_stage2 works on one scene (B = 1), got images of shape {tuple(images.shape)}")
     cfg = model.cfg
-    enc = model.encode(images.reshape(B * V, 3, H, W), keep_states=set(cfg.inject_enc_states))
-    s1 = model.predict_coarse_pose(enc["tokens"], enc["grid"], B, V)
-    s2 = model.camera_centric(enc, B, V, (H, W), s1["pose_enc"][-1])
+    enc = model.encoder(images.reshape(B * V, 3, H, W), keep_states=set(cfg.inject_enc_states))
+    s1 = model.pose_predictor(enc["tokens"], enc["grid"], B, V)
+    s2 = _stage2(model, enc, s1["pose_enc"][-1], B, V, (H, W))
     return {"enc": enc, "B": B, "V": V, "hw": (H, W), "stage1": s1, "stage2": s2,
             "pose1": s1["pose_enc"][-1][0], "pose2": s2["pose_enc"][-1][0],
             "pts3d_cam": s2["head"]["pts3d"][0], "conf_cam": s2["head"]["conf"][0]}
+
+
+def _pose_embedding(model, pose_enc: torch.Tensor, enc: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """What conditions stages 2 and 3 of the geometry model on ``pose_enc (B, V, 9)``: its
+    camera-embedding input ``[q, T / s] (B, V, 7)`` and ``model.embed_pose`` of it ``(B, V, D)``."""
+    cam_in = camera_embed_input(pose_enc)
+    return cam_in, model.embed_pose(cam_in.to(enc["tokens"].dtype))
+
+
+def _stage2(model, enc: dict, pose_enc: torch.Tensor, B: int, V: int, hw) -> dict:
+    """``model.camera_centric`` conditioned on ``pose_enc (B, V, 9)``; its dict plus ``camera_embed_in``."""
+    cam_in, e = _pose_embedding(model, pose_enc, enc)
+    return dict(model.camera_centric(enc, e, B, V, hw), camera_embed_in=cam_in)
 
 
 def _check_pose(pose_enc, V: int, what: str = "pose_enc") -> torch.Tensor:
@@ -128,9 +143,9 @@ def run_stage3(model, cache: dict, pose_enc: torch.Tensor | None = None, stage2_
     B, V, hw, enc = cache["B"], cache["V"], cache["hw"], cache["enc"]
     s2 = cache["stage2"]
     if stage2_pose is not None:
-        s2 = model.camera_centric(enc, B, V, hw, _check_pose(stage2_pose, V, "stage2_pose")[None])
+        s2 = _stage2(model, enc, _check_pose(stage2_pose, V, "stage2_pose")[None], B, V, hw)
     pose = s2["pose_enc"][-1][0] if pose_enc is None else _check_pose(pose_enc, V)
-    s3 = model.global_projection(enc, B, V, hw, s2["layers"], pose[None])
+    s3 = model.global_projector(enc, _pose_embedding(model, pose[None], enc)[1], s2["layers"], B, V, hw)
     return {"pts3d": s3["head"]["pts3d"][0], "conf": s3["head"]["conf"][0], "pose_in": pose,
             "pts3d_cam": s2["head"]["pts3d"][0]}
 

@@ -54,8 +54,8 @@ def patchify(images: torch.Tensor, patch: int) -> torch.Tensor:
 
 def patch_embed_by_matmul(model, images: torch.Tensor) -> torch.Tensor:
     """The patch embedding as ``patchify(x) @ W^T + b`` with the conv's own weights:
-    ``images (B, 3, H, W)`` in [-1, 1] -> ``(B, N, enc_dim)``; equals ``model.patch_embed(x)``."""
-    conv = model.patch_embed.proj
+    ``images (B, 3, H, W)`` in [-1, 1] -> ``(B, N, enc_dim)``; equals ``model.encoder.patch_embed(x)``."""
+    conv = model.encoder.patch_embed.proj
     Wt = conv.weight.reshape(conv.weight.shape[0], -1)
     return patchify(images, conv.kernel_size[0]) @ Wt.T + conv.bias
 
@@ -101,7 +101,8 @@ def rope_relative_scores(head_dim: int, base: float, offsets, anchors, seed: int
 
 
 # ----------------------------------------------------------------------------- camera tokens
-_CAMERA_BLOCKS = {1: "cam_cond_encoder", 2: "cam_cond_encoder_fine", 3: "cam_cond_encoder_point"}
+_CAMERA_BLOCKS = {1: ("pose_predictor", "cam_cond_encoder"), 2: ("camera_centric", "cam_cond_encoder_fine"),
+                  3: ("global_projector", "cam_cond_encoder_point")}
 
 
 @torch.no_grad()
@@ -120,7 +121,8 @@ def camera_attention(model, images01: torch.Tensor, stage: int = 1, layer: int =
 
     if stage not in _CAMERA_BLOCKS:
         raise ValueError(f"stage must be 1, 2 or 3, got {stage!r}")
-    blocks = getattr(model, _CAMERA_BLOCKS[stage])
+    stage_module, name = _CAMERA_BLOCKS[stage]
+    blocks = getattr(getattr(model, stage_module), name)
     if not -len(blocks) <= layer < len(blocks):
         raise ValueError(f"layer {layer} out of range for {len(blocks)} decoder layers")
     attn = blocks[layer].attn

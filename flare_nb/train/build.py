@@ -1,25 +1,16 @@
 """The model a run trains: built from ``cfg.model``, started from a stage-1 checkpoint for stage 2
-(:func:`init_weights`), and which parameters train (:func:`frozen_prefixes`,
+(:func:`init_weights`), and which parameters train (:func:`frozen_stages`,
 :func:`select_trainable`) (notebook 06)."""
 from __future__ import annotations
 
 import torch
 
 from flare_nb.model import config as mc
-from flare_nb.model.checkpoint import read_state_dict
+from flare_nb.model.checkpoint import read_state_dict, released_state_dict
 from flare_nb.model.flare import FlareModel
 from flare_nb.train.config import TrainConfig
 
-__all__ = ["ENCODER_MODULES", "COARSE_POSE_MODULES", "build_model", "init_weights", "frozen_prefixes", "select_trainable"]
-
-
-#: Module-name prefixes of each part of ``FlareModel`` (the first component of a parameter name).
-ENCODER_MODULES = ("patch_embed", "enc_blocks", "enc_norm")
-
-
-COARSE_POSE_MODULES = ("patch_embed_coarse2", "enc_norm_coarse", "decoder_embed", "dec_blocks", "dec_blocks2",
-                       "cam_cond_encoder", "cam_cond_embed", "dec_cam_norm", "pose_token_ref",
-                       "pose_token_source", "pose_head")
+__all__ = ["build_model", "init_weights", "frozen_stages", "select_trainable"]
 
 
 def build_model(cfg: TrainConfig):
@@ -51,7 +42,7 @@ def init_weights(model, path) -> str:
     size). The model is untouched on error."""
 
     sd = read_state_dict(path)
-    own = model.state_dict()
+    own = released_state_dict(model)
     shared = [k for k in own if k in sd]
     bad = [f"{k}: checkpoint {tuple(sd[k].shape)} vs model {tuple(own[k].shape)}" for k in shared
            if tuple(sd[k].shape) != tuple(own[k].shape)]
@@ -71,27 +62,22 @@ def init_weights(model, path) -> str:
             f"{', '.join(fresh) or 'none'}; in the checkpoint but not in this model: {', '.join(unused) or 'none'}")
 
 
-def frozen_prefixes(cfg: TrainConfig) -> tuple[str, ...]:
-    """Top-level module names whose parameters are not trained: the encoder with
-    ``freeze_encoder``; the coarse pose predictor (stage 1) in cascade stage 2."""
-    out = ()
-    if cfg.freeze_encoder:
-        out += ENCODER_MODULES
-    if cfg.stage == 2:
-        out += COARSE_POSE_MODULES
-    return out
+def frozen_stages(cfg: TrainConfig) -> tuple[str, ...]:
+    """The stage modules of ``FlareModel`` that are not trained: ``encoder`` with
+    ``freeze_encoder``; ``pose_predictor`` (the coarse pose predictor, stage 1) in cascade stage 2."""
+    return (("encoder",) if cfg.freeze_encoder else ()) + (("pose_predictor",) if cfg.stage == 2 else ())
 
 
 def select_trainable(model, cfg: TrainConfig, device) -> tuple[list[str], list[str]]:
     """Mark the parameters to train (``requires_grad``) and return ``(trained, skipped)`` names.
 
-    Skipped: :func:`frozen_prefixes`, and parameters no training loss reaches -- found with one
+    Skipped: the stages of :func:`frozen_stages`, and parameters no training loss reaches -- found with one
     forward/backward on a ``(1, 2, 3, m, m)`` probe (m = ``cfg.multiple``), e.g. the local-feature
     MLPs of the DPT heads (only the Gaussian head reads them) and ``model.inert_parameter_names()``.
     Leaving them out keeps DDP's gradient buckets complete and AdamW from decaying them."""
-    frozen = frozen_prefixes(cfg)
-    for n, p in model.named_parameters():
-        p.requires_grad_(n.split(".")[0] not in frozen)
+    model.requires_grad_(True)
+    for stage in frozen_stages(cfg):
+        getattr(model, stage).requires_grad_(False)
     m = model.cfg.multiple
     probe = torch.full((1, 2, 3, m, m), -0.5, device=device)
     probe[..., ::2, :] = 0.5

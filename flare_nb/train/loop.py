@@ -22,7 +22,7 @@ What a run does (config fields in :mod:`flare_nb.train.config`):
 * cascade ``stage``: 1 trains pose + geometry (the geometry model, ``model: tiny``); 2 trains
   the NVS model (``model: tiny_nvs``: the same network plus the second image path and the
   Gaussian head), started from a stage-1 checkpoint (``init_from``, :func:`init_weights`), with
-  the coarse pose predictor frozen (:func:`frozen_prefixes`) and a rendering loss added: the
+  the coarse pose predictor frozen (:func:`frozen_stages`) and a rendering loss added: the
   Gaussians predicted from the context views are rendered into held-out target views
   (:func:`render_targets`) and compared with them (MSE, SSIM, depth; VGG with local weights).
 * AdamW (betas 0.9, 0.95; no decay on biases and 1-D parameters), linear warm-up then cosine
@@ -203,13 +203,14 @@ def _train(cfg, dataset, val_dataset, stop_at, callback, world, rank, local, res
     model = model.to(device)
     model.train()
     trained, skipped = select_trainable(model, cfg, device)
+    released = model.released_names()       # checkpoints and reports use the released names
     opt, sched = make_optimizer(model, cfg)
     if cfg.pose_noise.prob > 0 and not model_takes_pose_noise(model):
         warnings.warn("FlareModel.forward has no pose_noise hook: the pose-noise augmentation is off",
                       stacklevel=2)
 
     if ck is not None:
-        missing, unexpected = model.load_state_dict(ck["model"], strict=False)
+        missing, unexpected = model.load_released_state_dict(ck["model"], strict=False)
         if missing or unexpected:
             raise ValueError(f"{resume_from}: model weights do not fit the model (missing {missing[:5]}, "
                              f"unexpected {unexpected[:5]})")
@@ -238,7 +239,7 @@ def _train(cfg, dataset, val_dataset, stop_at, callback, world, rank, local, res
                 f"{r['prior']} {r['pose_L1']:.3f} / {r['AUC@30']:.3f}" for r in priors))
         if start == 0:
             say(f"training {sum(model.get_parameter(n).numel() for n in trained):,} parameters "
-                f"({len(skipped)} tensors not trained: {summarise(skipped)}) on {device}"
+                f"({len(skipped)} tensors not trained: {summarise([released[n] for n in skipped])}) on {device}"
                 f"{f' x {world} processes' if ddp else ''}")
     net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) \
         if ddp else model
@@ -247,8 +248,9 @@ def _train(cfg, dataset, val_dataset, stop_at, callback, world, rank, local, res
 
     def state(step):
         return {"format": FORMAT, "step": step, "config": cfg.to_dict(), "model_config": model.cfg.to_dict(),
-                "model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                "rng": rng_state(), "world_size": world, "trained": trained, "time": time.time()}
+                "model": model.released_state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                "rng": rng_state(), "world_size": world, "trained": [released[n] for n in trained],
+                "time": time.time()}
 
     saved = [start]
 

@@ -59,7 +59,7 @@ def load_trained_model(path, device="cpu"):
     ck = load_checkpoint(path)
     mc = {k: tuple(v) if isinstance(v, list) else v for k, v in ck["model_config"].items()}
     model = FlareModel(FlareConfig(**mc))
-    model.load_state_dict(ck["model"])
+    model.load_released_state_dict(ck["model"])
     return model.to(device).eval()
 
 
