@@ -104,8 +104,9 @@ def test_render_targets_matches_rendering_in_the_world_frame():
 def test_stage2_freezes_the_coarse_pose_predictor_and_learns_to_render(tmp_path, stage1_ckpt):
     s1 = load_checkpoint(stage1_ckpt)["model"]
     cfg = cfg_of(tmp_path / "s2", steps=30, init_from=str(stage1_ckpt),
-                 **stage2_kw(**{"optim.lr": 1e-3, "render.render_context": True, "loss.pose_weight": 0.0,
+                 **stage2_kw(**{"optim.lr": 3e-4, "render.render_context": True, "loss.pose_weight": 0.0,
                                 "loss.geometry_weight": 0.0, "data.modes": ["forward"]}))   # one room, refit
+    # lr 3e-4: at 1e-3 the render loss oscillates, so float-level changes (summation order) decide the outcome
     res = train(cfg)
     sd = res.model.released_state_dict()
     names = res.model.released_names()
