@@ -337,3 +337,14 @@ def test_matching_loss_trains_the_descriptors_and_priors_sit_beside_validation(t
     assert any(n.startswith("downstream_head1.head_local_features") for n in ck["trained"])
     with pytest.raises(ValueError, match="loss.match_weight"):
         small_cfg(tmp_path, **{"loss.match_weight": -1.0})
+
+
+def test_config_diff_counts_a_key_missing_from_an_older_checkpoint_as_its_default():
+    from flare_nb.train.config import TrainConfig, config_diff
+
+    current = TrainConfig().to_dict()
+    saved = TrainConfig().to_dict()
+    del saved["pose_noise"]["stage3_gt_prob"]            # written before the key existed
+    assert config_diff(saved, current) == []
+    changed = TrainConfig().replace(**{"pose_noise.stage3_gt_prob": 0.5}).to_dict()
+    assert config_diff(saved, changed) == ["pose_noise.stage3_gt_prob: 0.0 -> 0.5"]

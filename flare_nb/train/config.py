@@ -329,8 +329,18 @@ def parse_override(text: str) -> tuple[str, object]:
 
 def config_diff(saved: dict, current: dict, ignore=RUNTIME_SECTIONS, ignore_keys=RUNTIME_KEYS) -> list[str]:
     """Differences ``"key: saved -> current"`` between two config dicts, ignoring ``ignore``
-    sections and the dotted keys ``ignore_keys``."""
+    sections and the dotted keys ``ignore_keys``. A key the saved config lacks (a checkpoint
+    written before the key existed) counts as its default value, so such runs still resume."""
     out = []
+    defaults = TrainConfig().to_dict()
+
+    def default(name):
+        d = defaults
+        for part in name.split("."):
+            if not isinstance(d, dict) or part not in d:
+                return "<missing>"
+            d = d[part]
+        return d
 
     def walk(a, b, prefix):
         for k in sorted(set(a) | set(b)):
@@ -339,7 +349,7 @@ def config_diff(saved: dict, current: dict, ignore=RUNTIME_SECTIONS, ignore_keys
             name = f"{prefix}{k}"
             if name in ignore_keys:
                 continue
-            va, vb = a.get(k, "<missing>"), b.get(k, "<missing>")
+            va, vb = a.get(k, default(name)), b.get(k, "<missing>")
             if isinstance(va, dict) and isinstance(vb, dict):
                 walk(va, vb, name + ".")
             elif _norm(va) != _norm(vb):
