@@ -589,7 +589,7 @@ def reconstruct_to_folder(inputs, out, checkpoint=None, config="tiny", size=None
     try:
         return _reconstruct_paths(inputs, out, checkpoint, cfg, cfg_name, size, device, ref_view, conf_threshold,
                                   force, max_views, pnp_iterations, render, title, poses, intrinsics, video_note,
-                                  ckpt, timings, notes, t0, t_all)
+                                  ckpt, timings, notes, t0, t_all, param_dtype, geometry_checkpoint)
     finally:
         if frames_dir is not None:
             import shutil
@@ -599,7 +599,7 @@ def reconstruct_to_folder(inputs, out, checkpoint=None, config="tiny", size=None
 
 def _reconstruct_paths(inputs, out, checkpoint, cfg, cfg_name, size, device, ref_view, conf_threshold, force,
                        max_views, pnp_iterations, render, title, poses, intrinsics, video_note, ckpt, timings, notes,
-                       t0, t_all) -> dict:
+                       t0, t_all, param_dtype=torch.float32, geometry_checkpoint=None) -> dict:
     if video_note:
         notes.append(video_note)
     paths, warns = collect_images(inputs, max_views)
