@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from flare_nb import cameras, data_dir
+from flare_nb.inference import reconstruct
 
 __all__ = ["MODELS", "nvs_config_name", "geometry_config_name", "default_checkpoint", "estimate_intrinsics",
            "nvs_cameras"]
@@ -53,7 +54,6 @@ def estimate_intrinsics(x01: torch.Tensor, geometry_model, device) -> tuple[torc
     (:func:`flare_nb.cameras.estimate_focal`), principal point at the centre. A view whose
     pointmap gives no focal takes the median of the others; none at all -> ValueError.
     Returns ``(K, source sentence, notes)``."""
-    from flare_nb.inference import reconstruct
 
     V, _, H, W = x01.shape
     rec = reconstruct(geometry_model, x01, device=device, pnp=False)

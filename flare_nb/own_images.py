@@ -28,6 +28,7 @@ from flare_nb.scenes.preprocess import (check_one_orientation, load_image,
                                         load_images, oriented_size)
 from flare_nb.scenes.scene import load_colmap, load_nerf
 from flare_nb.viz import plot_cameras
+from flare_nb.panel import figure_panel
 
 __all__ = ["photo_table", "load_photos", "crop_box", "plot_preprocessing", "plot_similarity",
            "confidence_points", "plot_confidence", "confidence_callback", "make_confidence_widget", "list_files",
@@ -201,12 +202,11 @@ def confidence_callback(pts, conf, images, drop: float = 0.5, c2w=None, K=None, 
 def make_confidence_widget(pts, conf, images, c2w=None, K=None, hw=None, value: float = 0.5,
                            max_points: int = 8000):
     """A slider (fraction of each view's least confident points to drop, 0-0.95) above the
-    line and figure of :func:`confidence_callback`, as a :func:`flare_nb.nb.panel.figure_panel`
+    line and figure of :func:`confidence_callback`, as a :func:`flare_nb.panel.figure_panel`
     (drawn without output capture, so a headless papermill run does not stall on it). Display
     it as a cell's last expression."""
     import ipywidgets as W
 
-    from flare_nb.nb.panel import figure_panel
 
     def draw(drop):
         res = confidence_points(pts, conf, images, drop, max_points=max_points)

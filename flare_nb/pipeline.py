@@ -64,6 +64,11 @@ from flare_nb.scenes import reference_view
 from flare_nb.scenes.preprocess import (IMAGE_EXTENSIONS, check_one_orientation,
                                         check_size, load_image, load_images,
                                         oriented_size)
+from flare_nb import nvs_run
+from flare_nb.bf16 import to_bf16_weights
+from flare_nb.glb import write_scene_glb
+from flare_nb.nvs_run import nvs_cameras
+from flare_nb.scene_page import write_scene_page
 
 __all__ = ["reconstruct_to_folder", "RunReport", "collect_images", "estimate_memory_bytes", "check_memory",
            "default_size", "MEMORY_MODEL", "CliError", "Interrupted", "DEFAULT_MAX_VIEWS", "read_poses",
@@ -688,7 +693,6 @@ def _check_photos(paths, size, ref_view, folder, warns, notes):
 def _output_options(model, config, checkpoint, dtype, geometry_checkpoint):
     """``--model``, ``--dtype`` and ``--geometry-checkpoint``, checked before any work. Returns
     ``(config name, checkpoint, geometry checkpoint, parameter dtype)``."""
-    from flare_nb import nvs_run
 
     if model not in nvs_run.MODELS:
         raise ValueError(f"--model must be one of {list(nvs_run.MODELS)}, got {model!r}")
@@ -719,7 +723,6 @@ def _load_model_checked(ckpt, cfg, dev, dtype=None):
     try:
         model = load_model(ckpt, cfg, device=dev)
         if dtype == torch.bfloat16:             # bf16 storage; float32 compute on the CPU (flare_nb.bf16)
-            from flare_nb.bf16 import to_bf16_weights
 
             to_bf16_weights(model, compute_float32=dev.type == "cpu")
         return model
@@ -797,7 +800,6 @@ def _run_staged(stage, good, cfg, cfg_name, ckpt, size, dev, ref_given, auto_ori
 
     # cameras: the demo's focal + PnP if possible, else the fallbacks (export.export_cameras)
     if nvs:
-        from flare_nb.nvs_run import nvs_cameras
 
         chosen = nvs_cameras(rec, K_nvs[0], pnp_iterations, K_nvs[1])
     else:
@@ -909,7 +911,6 @@ def conf_threshold_text(q: float) -> str:
 def _nvs_intrinsics(x01, cfg_name, geometry_checkpoint, dev, param_dtype, notes, timings):
     """``(K (V, 3, 3), source)`` for the NVS model: estimated with the geometry model of the same
     size (:func:`flare_nb.nvs_run.estimate_intrinsics`), which is freed before the NVS model runs."""
-    from flare_nb import nvs_run
 
     t0 = time.perf_counter()
     geo_cfg = nvs_run.geometry_config_name(cfg_name)
@@ -925,8 +926,6 @@ def _nvs_intrinsics(x01, cfg_name, geometry_checkpoint, dev, param_dtype, notes,
 
 def _write_scene_files(out, P, C, c2w, Ks, x01, stems, g, title):
     """``scene.html`` (offline 3D page, :mod:`flare_nb.scene_page`) and ``scene.glb`` (:mod:`flare_nb.glb`)."""
-    from flare_nb.glb import write_scene_glb
-    from flare_nb.scene_page import write_scene_page
 
     H, W = x01.shape[-2:]
     write_scene_page(out / "scene.html", P, C, c2w, Ks, x01, stems, g["means"], title=title)

@@ -26,6 +26,10 @@ import time
 from unittest import mock
 
 import torch
+from flare_nb.model import config as config_module
+from flare_nb.model.flare import FlareModel
+from flare_nb.model.reference import manifest_shapes
+from flare_nb.pipeline import available_memory_bytes, estimate_memory_bytes
 
 __all__ = ["count_flops", "matmul_rate", "run_plan", "ASSUMED_PHOTO_PIXELS"]
 
@@ -34,7 +38,6 @@ _CONFIG = {"geometry": "official_geometry", "nvs": "official_nvs"}
 
 
 def _meta_model(cfg):
-    from flare_nb.model.flare import FlareModel
 
     with torch.device("meta"):
         return FlareModel(cfg).eval()
@@ -96,8 +99,6 @@ def _duration(s: float) -> str:
 def run_plan(views: int, size, dtype: str = "fp32", model: str = "geometry", device: str = "cpu") -> str:
     """The text ``flare-nb plan`` prints. ``size`` = ``(W, H)`` (checked multiples of 64).
     ValueError naming the option for bad values."""
-    from flare_nb.model import config as config_module
-    from flare_nb.pipeline import available_memory_bytes, estimate_memory_bytes
 
     if isinstance(views, bool) or not isinstance(views, int) or not 2 <= views <= 8:
         raise ValueError(f"--views must be an integer from 2 to 8 (FLARE is trained on 2-8 views), got {views!r}")
@@ -124,7 +125,6 @@ def run_plan(views: int, size, dtype: str = "fp32", model: str = "geometry", dev
         parts.append(f"official_geometry (intrinsics) {geo_flops / 1e12:.2f} TFLOP")
     N = (H // cfg.patch_size) * (W // cfg.patch_size)
     file = "NVS.pth" if model == "nvs" else "geometry_pose.pth"
-    from flare_nb.model.reference import manifest_shapes
 
     shapes = manifest_shapes(model)
     file_bytes = 4 * sum(math.prod(s) for s in shapes.values())

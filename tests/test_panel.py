@@ -1,4 +1,4 @@
-"""flare_nb.nb.panel: a control panel drawn by assigning its outputs (no output capture), used by
+"""flare_nb.panel: a control panel drawn by assigning its outputs (no output capture), used by
 the confidence widget and the pose explorer of notebook 08."""
 import base64
 
@@ -11,7 +11,7 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 from flare_nb import own_images  # noqa: E402
-from flare_nb.nb.panel import figure_panel, render_outputs  # noqa: E402
+from flare_nb.panel import figure_panel, render_outputs  # noqa: E402
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

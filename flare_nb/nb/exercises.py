@@ -25,6 +25,17 @@ from dataclasses import dataclass
 from typing import Callable
 
 import torch
+from flare_nb.cameras import estimate_focal, pixel_grid
+from flare_nb.cameras import invert_pose
+from flare_nb.cameras import quat_to_matrix
+from flare_nb.eval.metrics import pose_summary
+from flare_nb.model.dpt import depth_exp
+from flare_nb.model.pose_predictor import harmonic_embedding
+from flare_nb.nb.explore import naive_global
+from flare_nb.nb.inspection import patchify
+from flare_nb.render.rasterize import project_gaussians
+from flare_nb.render.splats import covariance_2d
+from flare_nb.train.losses import confidence_loss
 
 __all__ = ["Result", "EXERCISES", "check", "cmp"]
 
@@ -96,7 +107,6 @@ def cmp(name: str, got, expected, atol: float = 0.0, rtol: float = 0.0, hint: st
 
 # ----------------------------------------------------------------------------- test cases
 def _rotations(n: int, g: torch.Generator) -> torch.Tensor:
-    from flare_nb.cameras import quat_to_matrix
     q = torch.randn(n, 4, generator=g, dtype=torch.float64)
     return quat_to_matrix(q / q.norm(dim=-1, keepdim=True))
 
@@ -109,7 +119,6 @@ def _rigid(n: int, g: torch.Generator) -> torch.Tensor:
 
 
 def _cases_invert_pose():
-    from flare_nb.cameras import invert_pose
     out = []
     for seed in (0, 1):
         c2w = _rigid(5, torch.Generator().manual_seed(seed))
@@ -118,7 +127,6 @@ def _cases_invert_pose():
 
 
 def _cases_patchify():
-    from flare_nb.nb.inspection import patchify
     out = []
     for seed, (B, H, W, p) in ((0, (2, 32, 48, 16)), (1, (1, 16, 24, 8))):
         x = torch.randn(B, 3, H, W, generator=torch.Generator().manual_seed(seed))
@@ -127,7 +135,6 @@ def _cases_patchify():
 
 
 def _cases_harmonic():
-    from flare_nb.model.pose_predictor import harmonic_embedding
     out = []
     for seed, n in ((0, 6), (1, 4)):
         x = torch.rand(3, 9, generator=torch.Generator().manual_seed(seed)) * 2 - 1
@@ -136,7 +143,6 @@ def _cases_harmonic():
 
 
 def _cases_depth_exp():
-    from flare_nb.model.dpt import depth_exp
     out = []
     for seed in (0, 1):
         x = torch.randn(500, 3, generator=torch.Generator().manual_seed(seed)) * 2
@@ -146,7 +152,6 @@ def _cases_depth_exp():
 
 
 def _cases_to_view0():
-    from flare_nb.nb.explore import naive_global
     out = []
     for seed in (0, 1):
         g = torch.Generator().manual_seed(seed)
@@ -159,9 +164,6 @@ def _cases_to_view0():
 
 
 def _cases_covariance_2d():
-    from flare_nb.cameras import invert_pose
-    from flare_nb.render.rasterize import project_gaussians
-    from flare_nb.render.splats import covariance_2d
     out = []
     for seed in (0, 1):
         g = torch.Generator().manual_seed(seed)
@@ -179,7 +181,6 @@ def _cases_covariance_2d():
 
 
 def _cases_confidence_loss():
-    from flare_nb.train.losses import confidence_loss
     out = []
     for seed in (0, 1):
         g = torch.Generator().manual_seed(seed)
@@ -192,7 +193,6 @@ def _cases_confidence_loss():
 
 
 def _cases_rra_auc():
-    from flare_nb.eval.metrics import pose_summary
     out = []
     for seed in (0, 1):
         g = torch.Generator().manual_seed(seed)
@@ -204,7 +204,6 @@ def _cases_rra_auc():
 
 
 def _cases_focal():
-    from flare_nb.cameras import estimate_focal, pixel_grid
     out = []
     for seed, (H, W, f) in ((0, (48, 64, 70.0)), (1, (64, 48, 55.0))):
         g = torch.Generator().manual_seed(seed)

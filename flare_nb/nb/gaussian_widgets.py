@@ -21,6 +21,7 @@ from flare_nb import cameras
 from flare_nb.cameras import euler_to_matrix
 from flare_nb.render.rasterize import covariance_3d, project_gaussians
 from flare_nb.render.splats import covariance_2d, orbit_c2w, render_views
+from flare_nb.panel import figure_panel
 
 __all__ = ["toy_camera", "toy_gaussians", "toy_view", "orbit_view", "make_toy_widget", "make_orbit_widget"]
 
@@ -144,10 +145,9 @@ def orbit_view(gaussians: dict, target, radius: float, azimuth_deg: float, eleva
 
 def make_toy_widget(size: int = 96):
     """ipywidgets sliders (3 scales, opacity, 3 angles) around :func:`toy_view`; returns the
-    :func:`flare_nb.nb.panel.figure_panel` (display it). Notebook 05."""
+    :func:`flare_nb.panel.figure_panel` (display it). Notebook 05."""
     import ipywidgets as W
 
-    from flare_nb.nb.panel import figure_panel
 
     fs = lambda v, lo, hi, step, d: W.FloatSlider(value=v, min=lo, max=hi, step=step, description=d,  # noqa: E731
                                                   continuous_update=False)
@@ -164,10 +164,9 @@ def make_toy_widget(size: int = 96):
 def make_orbit_widget(gaussians: dict, target, K: torch.Tensor, hw, radius: float, azimuth_deg: float = 0.0,
                       elevation_deg: float = 20.0, up=(0.0, 0.0, 1.0), reference=None, background=None):
     """ipywidgets sliders (azimuth, elevation, radius) around :func:`orbit_view`, starting at
-    the given values; returns a :func:`flare_nb.nb.panel.figure_panel`. Notebook 05."""
+    the given values; returns a :func:`flare_nb.panel.figure_panel`. Notebook 05."""
     import ipywidgets as W
 
-    from flare_nb.nb.panel import figure_panel
 
     def update(azimuth, elevation, radius):
         return orbit_view(gaussians, target, radius, azimuth, elevation, K, hw, up, reference, background)[0].figure

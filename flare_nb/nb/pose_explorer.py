@@ -40,6 +40,7 @@ from flare_nb.model.pose_encoding import (decode_c2w, move_camera,
 from flare_nb.nb import explore, widgets
 from flare_nb.scenes.preprocess import to_model_input
 from flare_nb.viz import plot_cameras
+from flare_nb.panel import figure_panel
 
 __all__ = ["prepare_explorer", "translation_unit", "reproject_pointmap", "explore_pose",
            "plot_pose_explorer", "make_pose_explorer"]
@@ -314,10 +315,9 @@ def make_pose_explorer(model, cache: dict, max_deg: float = 30.0, max_shift: flo
     """ipywidgets panel: a view dropdown, sliders ``rx ry rz`` (degrees, +-``max_deg``) and
     ``tx ty tz`` (+-``max_shift`` units of :func:`translation_unit`), and a dropdown for the
     stage the pose is fed to, around :func:`explore_pose` + :func:`plot_pose_explorer`.
-    Returns a :func:`flare_nb.nb.panel.figure_panel` (display it as a cell's last expression)."""
+    Returns a :func:`flare_nb.panel.figure_panel` (display it as a cell's last expression)."""
     import ipywidgets as W
 
-    from flare_nb.nb.panel import figure_panel
 
     V = cache["V"]
 

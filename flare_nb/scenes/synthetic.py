@@ -56,6 +56,7 @@ from flare_nb.cameras import (intrinsics_from_focal, invert_pose, pixel_grid,
                               transform_points, unproject_depth)
 from flare_nb.scenes.preprocess import check_size
 from flare_nb.scenes.scene import Scene
+from flare_nb.scenes.raycast_torch import cast_rays
 
 __all__ = ["MODES", "RAYCAST_BACKENDS", "resolve_raycast", "make_scene", "make_cameras", "pointmaps", "SyntheticDataset", "collate_scenes"]
 
@@ -519,7 +520,6 @@ def _cast(verts, tris, groups, rays, backend, device, n_threads):
         rc.add_triangles(mesh)
         ans = rc.cast_rays(o3d.core.Tensor.from_numpy(rays), nthreads=n_threads)
         return ans["t_hit"].numpy(), ans["primitive_ids"].numpy()
-    from flare_nb.scenes.raycast_torch import cast_rays
     t_hit, prim = cast_rays(verts, tris, rays[:, :3], rays[:, 3:], groups=groups,
                             device=torch.device("cpu") if device is None else device)
     return t_hit.cpu().numpy(), prim.cpu().numpy()

@@ -9,6 +9,7 @@ from flare_nb.scenes.sample import as_sample
 from flare_nb.scenes.scene import load_scene
 from flare_nb.scenes.synthetic import SyntheticDataset
 from flare_nb.train.config import TrainConfig, seed_list
+from flare_nb.device import resolve_device
 
 __all__ = ["slot_generator", "make_datasets", "raycast_device", "n_targets", "orbit_arc_at", "StepBatches", "collate", "model_inputs", "b_to"]
 
@@ -39,7 +40,6 @@ def raycast_device(cfg: TrainConfig):
     DataLoader worker processes render them (a forked worker cannot use CUDA)."""
     if cfg.run.num_workers > 0:
         return torch.device("cpu")
-    from flare_nb.device import resolve_device
 
     dev = resolve_device(cfg.run.device)
     if dev.type == "cuda" and dev.index is None:
