@@ -15,25 +15,13 @@ from flare_nb import cli, data_dir, pipeline
 from flare_nb.scenes import preprocess
 from flare_nb.model.config import tiny
 from flare_nb.scenes.reference_view import choose_reference_view, reference_order, similarity_matrix
+from cli_helpers import cli_error, run_cli
 
 ROOM = data_dir() / "real" / "room"
 FAST = ["--size", "64x64", "--pnp-iterations", "20", "--no-render"]
 
 
-def _run(argv, capsys):
-    rc = cli.main([str(a) for a in argv])
-    cap = capsys.readouterr()
-    return rc, cap.out, cap.err
-
-
-def _error(argv, capsys, *needles):
-    rc, out, err = _run(argv, capsys)
-    assert rc == 2, (out, err)
-    lines = [l for l in err.splitlines() if l.startswith("flare-nb: error:")]
-    assert len(lines) == 1 and "Traceback" not in err, err
-    for n in needles:
-        assert n in lines[0], lines[0]
-    return lines[0]
+_run, _error = run_cli, cli_error
 
 
 def _photos(folder, n=3, size=(96, 72)):

@@ -16,29 +16,14 @@ from PIL import Image
 
 from flare_nb import cameras, cli, data_dir
 from flare_nb.model import config as mc
+from cli_helpers import cli_error, run_cli
 
 ROOM = data_dir() / "real" / "room"
 NVS_CKPT = data_dir() / "checkpoints" / "tiny_nvs.pt"
 V = 3
 
 
-def _run(argv, capsys):
-    try:
-        rc = cli.main([str(a) for a in argv])
-    except SystemExit as e:            # argparse's own errors (one line, status 2: cli._Parser.error)
-        rc = e.code
-    cap = capsys.readouterr()
-    return rc, cap.out, cap.err
-
-
-def _error(argv, capsys, *needles):
-    rc, out, err = _run(argv, capsys)
-    assert rc == 2, (out, err)
-    lines = [l for l in err.splitlines() if l.startswith("flare-nb: error:")]
-    assert len(lines) == 1 and "Traceback" not in err, err
-    for n in needles:
-        assert n in lines[0], lines[0]
-    return lines[0]
+_run, _error = run_cli, cli_error
 
 
 @pytest.fixture(scope="module")

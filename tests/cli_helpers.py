@@ -1,0 +1,25 @@
+"""Helpers for tests that run ``flare-nb`` in-process (``flare_nb.cli.main``)."""
+from flare_nb import cli
+
+
+def run_cli(argv, capsys):
+    """``(exit code, stdout, stderr)`` of ``flare-nb argv``; argparse's own errors (``SystemExit``,
+    one line, status 2: ``cli._Parser.error``) count as an exit code too."""
+    try:
+        rc = cli.main([str(a) for a in argv])
+    except SystemExit as e:
+        rc = e.code
+    cap = capsys.readouterr()
+    return rc, cap.out, cap.err
+
+
+def cli_error(argv, capsys, *needles):
+    """Run ``flare-nb argv``, assert it exits 2 with exactly one ``flare-nb: error:`` line, no
+    traceback, and every ``needle`` in that line; returns the line."""
+    rc, out, err = run_cli(argv, capsys)
+    assert rc == 2, (out, err)
+    lines = [l for l in err.splitlines() if l.startswith("flare-nb: error:")]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    for n in needles:
+        assert n in lines[0], lines[0]
+    return lines[0]
