@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 start=$(date +%s)
-source ci/ready.sh
+FLARE_NB_BOOK=1 source ci/ready.sh
 echo "setup check took $(( $(date +%s) - start )) s"
 bash ci/test.sh "$@"
 echo "setup + tests took $(( $(date +%s) - start )) s"
