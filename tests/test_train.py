@@ -12,7 +12,7 @@ from flare_nb.train.build import build_model, frozen_stages, select_trainable
 from flare_nb.train.launch import launch_ddp, main
 from flare_nb.train.logs import read_log
 from flare_nb.train.loop import NonFiniteLossError, train
-from flare_nb.train.optim import lr_factor
+from flare_nb.train.optim import lr_factor, make_optimizer, remap_optimizer_state
 from flare_nb.train.state import CHECKPOINT_NAME, load_checkpoint, load_trained_model, save_checkpoint
 from flare_nb.model.pose_encoding import perturb_pose_encoding
 from flare_nb.train.config import TrainConfig, config_diff, load_config
@@ -84,6 +84,48 @@ def test_freezing_encoder_and_stage2(tmp_path):
     # parameters no loss reaches (the DPT local-feature MLPs) are not trained
     assert any("head_local_features" in n for n in skipped)
     assert "pose_predictor" in frozen_stages(small_cfg(tmp_path, stage=2, model="tiny_nvs"))
+
+
+def test_optimizer_state_follows_parameter_names_when_the_module_order_changes(tmp_path):
+    """A checkpoint written by a model that listed its parameters in another order (an earlier
+    module tree) resumes with each parameter's Adam moments, found by released name."""
+    cfg = small_cfg(tmp_path)
+    model = build_model(cfg)
+    trained, _ = select_trainable(model, cfg, torch.device("cpu"))
+    opt, _ = make_optimizer(model, cfg)
+    for p in model.parameters():
+        if p.requires_grad:
+            p.grad = torch.randn_like(p)
+    opt.step()
+    state = opt.state_dict()
+    released = model.released_names()
+    now = [released[n] for n in trained]
+    params = dict(model.named_parameters())
+
+    def grouped(names):                 # make_optimizer's order: decayed weights first, then the rest
+        nd = [r for r, n in zip(names, trained_of(names)) if params[n].ndim <= 1 or n.endswith(".bias")]
+        return [r for r in names if r not in set(nd)] + nd
+
+    back = {released[n]: n for n in trained}
+
+    def trained_of(names):
+        return [back[r] for r in names]
+
+    new_pos = {r: i for i, r in enumerate(grouped(now))}
+    saved_names = now[::-1]              # the earlier model listed its parameters in reverse
+    old = grouped(saved_names)
+    old_state = {"state": {i: state["state"][new_pos[r]] for i, r in enumerate(old)},
+                 "param_groups": state["param_groups"]}
+    back_state = remap_optimizer_state(old_state, saved_names, model, trained)
+    assert back_state["param_groups"] == state["param_groups"]
+    assert set(back_state["state"]) == set(state["state"])
+    for i, st in state["state"].items():
+        assert torch.equal(back_state["state"][i]["exp_avg"], st["exp_avg"])
+    opt.load_state_dict(back_state)
+    # without the remap, the moments of one parameter would land on another of another shape
+    assert any(old_state["state"][i]["exp_avg"].shape != st["exp_avg"].shape for i, st in state["state"].items())
+    with pytest.raises(ValueError, match="other parameters"):
+        remap_optimizer_state(old_state, saved_names[1:] + ["not_a_parameter"], model, trained)
 
 
 # ---------------------------------------------------------------------------- training runs

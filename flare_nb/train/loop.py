@@ -57,7 +57,7 @@ from flare_nb.train.data import StepBatches, b_to, make_datasets, model_inputs
 from flare_nb.train.logs import (LOG_NAME, PLOT_NAME, append_log, plot_curves,
                                  read_log, summarise, write_log)
 from flare_nb.train.objective import compute_losses
-from flare_nb.train.optim import make_optimizer
+from flare_nb.train.optim import make_optimizer, remap_optimizer_state
 from flare_nb.train.state import (CHECKPOINT_NAME, FORMAT, load_checkpoint,
                                   rng_state, save_checkpoint, set_rng_state)
 from flare_nb.train.validate import autocast_context, evaluate, prior_records
@@ -214,7 +214,7 @@ def _train(cfg, dataset, val_dataset, stop_at, callback, world, rank, local, res
         if missing or unexpected:
             raise ValueError(f"{resume_from}: model weights do not fit the model (missing {missing[:5]}, "
                              f"unexpected {unexpected[:5]})")
-        opt.load_state_dict(ck["optimizer"])
+        opt.load_state_dict(remap_optimizer_state(ck["optimizer"], ck["trained"], model, trained))
         sched.load_state_dict(ck["scheduler"])
         set_rng_state(ck["rng"])
         start = int(ck["step"])
