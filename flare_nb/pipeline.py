@@ -76,7 +76,7 @@ __all__ = ["reconstruct_to_folder", "RunReport", "collect_images", "estimate_mem
 
 DEFAULT_MAX_VIEWS = 8          # FLARE is trained on 2-8 views
 MOST_VIEWS = 16                # --max-views / --views accept up to this many (with a warning above TRAINED_VIEWS)
-TRAINED_VIEWS = 8              # the released model and the shipped tiny one were trained on 2-8 views
+TRAINED_VIEWS = 8              # the released model was trained on 2-8 views (the shipped tiny ones on 4)
 CPU_RENDER_MAX_GAUSSIANS = 40_000   # the CPU rasterizer renders a thinned preview beyond this
 OUR_FILES = ("cameras.json", "transforms.json", "points.ply", "gaussians.ply", "summary.png", "renders.png",
              "report.md", "scene.html", "scene.glb", "sparse/0/cameras.txt", "sparse/0/images.txt", "sparse/0/points3D.txt")
@@ -626,8 +626,8 @@ def _reconstruct_paths(inputs, out, checkpoint, cfg, cfg_name, size, device, ref
         K_photo, intr_source, intr_notes = resolve_intrinsics(intrinsics, good, sizes)
         notes += intr_notes
         if len(good) > TRAINED_VIEWS:
-            msg = (f"{len(good)} views: FLARE (the released model and the shipped tiny one) was trained on 2-"
-                   f"{TRAINED_VIEWS} views; with more, expect poorer cameras and pointmaps than the paper's")
+            msg = (f"{len(good)} views: the released FLARE model was trained on 2-{TRAINED_VIEWS} views (the shipped "
+                   "tiny models on 4); with more, expect poorer cameras and pointmaps than the paper's")
             _warn(msg)
             notes.append(msg)
         timings["collect_and_decode"] = time.perf_counter() - t0

@@ -222,6 +222,9 @@ CASES = [
     ("poses_missing_a_photo", _poses_missing_photo, 2, ["--poses", "photo2.jpg"], {}),
     ("video_run", lambda d: _video_case(d, 10, 3), 0, [],
      {"out": "out", "stdout": ["frames", "intrinsics: estimated"]}),
+    ("video_12_views_run", lambda d: _video_case(d, 24, 12), 0, [],
+     {"out": "out", "stdout": ["frames", "12 photos"], "stderr": ["12 views: the released FLARE model was trained on 2-8"],
+      "cameras": 12}),
     ("intrinsics_given_run", lambda d: ["reconstruct", photos(d / "in", 2), "--out", d / "out",
                                         "--intrinsics", "80", "80", "47.5", "35.5"] + FAST, 0, [],
      {"out": "out", "stdout": ["intrinsics: given"]}),
@@ -253,6 +256,11 @@ def test_case(case, results):
         assert not errors, err
         for w in opt.get("stdout", []):
             assert w in out, (w, out[-2000:])
+        for w in opt.get("stderr", []):
+            assert w in err, (w, err[-2000:])
+        if "cameras" in opt:
+            cams = json.loads((r["out"] / "cameras.json").read_text())
+            assert len(cams["views"]) == opt["cameras"]
         report = (r["out"] / "report.md").read_text()
         assert "## Cameras" in report and "rule: PnP cameras when" in report
         assert "* intrinsics: " in report
