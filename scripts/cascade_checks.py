@@ -7,6 +7,10 @@ synthetic scenes (notebooks 02 and 04 show one scene of each; this script scores
    mean distance to the origin) is divided by how far the rigid transform of its camera-centric
    points moves them (``flare_nb.nb.explore.perturbation_response``). 1 = stage 3 follows the
    pose like a rigid transform; 0 = stage 3 ignores it.
+3. **Does the pose depend on the view?** For each source view, the rotation angle from view 0
+   (true and refined stage 2), their correlation over scenes, and the spread of the predicted
+   angles. A model that gives every source view one shared pose has a correlation near 0 and
+   the same predicted angle for every view.
 
     python scripts/cascade_checks.py --checkpoint data/checkpoints/tiny_geometry.pt --scenes 32 \\
         --mode orbit --size 128 128 --json /tmp/cascade.json
@@ -32,6 +36,25 @@ from flare_nb.nb.explore import perturbation_response, run_to_stage2  # noqa: E4
 from flare_nb.scenes.synthetic import make_scene  # noqa: E402
 
 
+def rotation_angle(c2w_a: torch.Tensor, c2w_b: torch.Tensor) -> float:
+    """Degrees of the rotation between two camera-to-world poses ``(4, 4)``."""
+    R = c2w_a[:3, :3].T @ c2w_b[:3, :3]
+    return float(torch.rad2deg(torch.arccos(((torch.trace(R) - 1) / 2).clamp(-1, 1))))
+
+
+def angle_tracking(rows: list[dict], n_views: int) -> str:
+    """Markdown table of check 3 over the scenes of ``rows``."""
+    out = ["| source view | true angle (mean, sd) | predicted (mean, sd) | correlation | mean abs error "
+           "| truth's spread about its mean |", "|---|---|---|---|---|---|"]
+    for i in range(1, n_views):
+        t = torch.tensor([r[f"angle_true_v{i}"] for r in rows], dtype=torch.float64)
+        p = torch.tensor([r[f"angle_pred_v{i}"] for r in rows], dtype=torch.float64)
+        corr = float(torch.corrcoef(torch.stack((t, p)))[0, 1]) if len(rows) > 2 else float("nan")
+        out.append(f"| {i} | {t.mean():.1f}, {t.std():.1f} | {p.mean():.1f}, {p.std():.1f} | {corr:.2f} "
+                   f"| {(t - p).abs().mean():.1f} | {(t - t.mean()).abs().mean():.1f} |")
+    return "\n".join(out)
+
+
 def check_scene(model, scene, rot_deg: float, view: int = 1) -> dict:
     """The two checks on one scene: pose L1 / AUC@30 of stage 1 and stage 2, and the ratio of
     learned to rigid displacement of ``view``'s global points when its pose turns by ``rot_deg``."""
@@ -44,6 +67,9 @@ def check_scene(model, scene, rot_deg: float, view: int = 1) -> dict:
         row[f"{name}_L1"] = pose_l1(c2w, scene.c2w.float())
         row[f"{name}_AUC@30"] = float(m["AUC@30"])
         row[f"{name}_RRA@15"] = float(m["RRA@15"])
+    for i in range(1, scene.n_views):
+        row[f"angle_true_v{i}"] = rotation_angle(scene.c2w[0].double(), scene.c2w[i].double())
+        row[f"angle_pred_v{i}"] = rotation_angle(c2w[0].double(), c2w[i].double())
     resp = perturbation_response(model, cache, view=view, rot_deg=rot_deg, axis="y", stage=3)
     learned, naive = float(resp["learned"][view]), float(resp["naive"][view])
     row.update(learned=learned, rigid=naive, follow_ratio=learned / max(naive, 1e-12),
@@ -74,7 +100,7 @@ def main(argv=None) -> list[dict]:
         scene = make_scene(s, a.views, tuple(a.size), a.mode, **kw)
         with torch.no_grad():
             rows.append({"seed": s, **check_scene(model, scene, a.rot_deg)})
-    keys = [k for k in rows[0] if k != "seed"]
+    keys = [k for k in rows[0] if k != "seed" and not k.startswith("angle_")]
     t = torch.tensor([[r[k] for k in keys] for r in rows], dtype=torch.float64)
     mean, std = t.mean(0), (t.std(0) if len(rows) > 1 else torch.zeros(len(keys)))
     print(f"{a.checkpoint}: {len(rows)} held-out {a.mode} scenes, {a.views} views, {a.size[0]}x{a.size[1]}"
@@ -82,6 +108,9 @@ def main(argv=None) -> list[dict]:
     print("| quantity | mean | std |\n|---|---|---|")
     for k, m, s in zip(keys, mean.tolist(), std.tolist()):
         print(f"| {k} | {m:.4f} | {s:.4f} |")
+    print("\nrotation angle from view 0, degrees (refined stage-2 pose; 'truth's spread' is the mean error of "
+          "the best constant per view index fitted on these same scenes):")
+    print(angle_tracking(rows, a.views))
     if a.json:
         Path(a.json).write_text(json.dumps({"args": vars(a), "rows": rows}, indent=1))
     return rows
