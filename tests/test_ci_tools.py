@@ -1,4 +1,4 @@
-"""ci/nbcheck.py (what an executed notebook shows) and ci/build_book.py's README table."""
+"""ci/nbcheck.py (what an executed notebook shows) and ci/build_book.py's README table (the book's figures: tests/test_book.py)."""
 import sys
 from pathlib import Path
 

@@ -63,7 +63,9 @@ def test_widget_builds_and_updates():
     box = make_pose_widget(_trajectory())
     controls = {getattr(c, "description", ""): c for c in box.children}
     assert {"view", "rx (deg)", "tz", "frame"} <= set(controls)
-    assert box.last_info is None                              # nothing drawn before a change
+    assert box.last_info["rotation_deg"] == pytest.approx(0.0, abs=1e-6)   # drawn at once, unperturbed
+    kinds = [list(o.get("data", {"text": 0})) for o in box.out.outputs]
+    assert kinds[0] == ["text"] and "image/png" in kinds[1] and len(kinds) == 2
     controls["ry (deg)"].value = 12.0
     assert box.last_info["rotation_deg"] == pytest.approx(12.0, abs=1e-6)
-    assert "pose loss" in box.children[-2].value
+    assert "rotation 12.00 deg" in box.out.outputs[0]["text"] and "pose loss" in box.out.outputs[0]["text"]
