@@ -1,5 +1,7 @@
 """flare_nb.nb.widgets: the pose-perturbation callback behind notebook 02's widget."""
 
+import math
+
 import matplotlib
 
 matplotlib.use("Agg")
@@ -34,6 +36,18 @@ def test_zero_perturbation_is_identity():
     c2w = _trajectory()
     _, info = pose_perturbation_view(c2w, 1, draw=False)
     assert info["rotation_deg"] < 1e-5 and info["centre_shift"] == 0 and info["pose_loss"] < 1e-6
+
+
+def test_rotation_angle_of_float32_poses_is_not_rounding_noise():
+    c2w = _trajectory().float()
+    c2w[1, :3, :3] = euler_to_matrix(33, -71, 12).float()         # rounded: R^T R is I only to float32 precision
+    eps = torch.finfo(torch.float32).eps                            # the rotation's entries carry ~eps rounding, and
+    tol = math.degrees(16 * eps)                                    # so does the angle from atan2(sin, cos)
+    _, info = pose_perturbation_view(c2w, 1, draw=False)
+    assert info["rotation_deg"] < tol
+    for deg in (0.05, 0.5, 12.0, 90.0, 170.0):                    # acos of the trace alone: ~eps / sin(angle)
+        _, info = pose_perturbation_view(c2w, 1, rx=deg, draw=False)
+        assert info["rotation_deg"] == pytest.approx(deg, abs=tol)
 
 
 def test_info_and_loss_grow_with_the_perturbation():

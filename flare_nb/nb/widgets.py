@@ -37,10 +37,13 @@ def pose_perturbation_view(c2w: torch.Tensor, view: int, rx: float = 0.0, ry: fl
     new = move_camera(c2w, view, (rx, ry, rz), (tx, ty, tz), frame)
     old_v, new_v = c2w[view].double(), new[view].double()
     dR = old_v[:3, :3].T @ new_v[:3, :3]
-    cos = ((torch.trace(dR) - 1) / 2).clamp(-1, 1)
+    # angle from atan2(sin, cos): acos of the trace alone turns float32 rounding of an unchanged
+    # camera into a few hundredths of a degree
+    skew = torch.stack([dR[2, 1] - dR[1, 2], dR[0, 2] - dR[2, 0], dR[1, 0] - dR[0, 1]])
+    sin, cos = skew.norm() / 2, (torch.trace(dR) - 1) / 2
     enc = encode_c2w(new)[None]                                  # (1, V, 9)
     loss, parts = pose_loss([enc], c2w.double()[None])
-    info = {"c2w": new, "rotation_deg": math.degrees(math.acos(float(cos))),
+    info = {"c2w": new, "rotation_deg": math.degrees(math.atan2(float(sin), float(cos))),
             "centre_shift": float((new_v[:3, 3] - old_v[:3, 3]).norm()), "pose_loss": float(loss),
             "loss_rot": float(parts["pose_rot"]), "loss_trans": float(parts["pose_trans"])}
     if not draw:
