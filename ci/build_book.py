@@ -85,12 +85,17 @@ def build(executed: Path, out: Path, mathjax: Path) -> list[dict]:
     nbs = sorted(executed.glob("*.ipynb"))
     if not nbs:
         raise FileNotFoundError(f"no executed notebooks (*.ipynb) in {executed}; run python ci/run_notebooks.py first")
+    raws = {}
+    for p in nbs:                                   # every notebook readable before anything is written
+        try:
+            raws[p] = json.loads(p.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{p} is not a readable notebook ({e}); run python ci/run_notebooks.py again") from e
     out.mkdir(parents=True, exist_ok=True)
     copy_mathjax(mathjax, out / "mathjax")
     exporter = make_exporter()
     pages, plotly_copied = [], False
-    for p in nbs:
-        raw = json.loads(p.read_text())
+    for p, raw in raws.items():
         body, counts = page_html(exporter, raw, p.stem)
         if counts["plotly"] and not plotly_copied:
             book_figures.copy_plotly_js(out)

@@ -172,3 +172,16 @@ def test_the_readme_index_links_every_notebook_page_and_nothing_else():
     index = markdown2html(build_book.notebook_table((ROOT / "README.md").read_text()))
     pages = {f"{p.stem}.html" for p in (ROOT / "notebooks").glob("*.ipynb")}
     assert check_book.index_link_problems(index, pages) == []
+
+
+def test_an_unreadable_notebook_is_one_line_and_nothing_is_written(tmp_path, monkeypatch, capsys):
+    executed, out = tmp_path / "executed", tmp_path / "book"
+    executed.mkdir()
+    (executed / "00_a.ipynb").write_text(json.dumps(_notebook()))
+    (executed / "01_b.ipynb").write_text('{"cells": [')
+    monkeypatch.setattr(sys, "argv", ["build_book.py", "--executed", str(executed), "--out", str(out),
+                                      "--mathjax", str(tmp_path / "no_mathjax")])
+    assert build_book.main() == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "01_b.ipynb is not a readable notebook" in err and "run_notebooks.py" in err
+    assert not out.exists()
