@@ -1,6 +1,8 @@
 """Render executed notebooks into a small static book: one HTML page per notebook (nbconvert's
 lab template, figures embedded) and index.html with the README's notebook table, its links
-pointing at the pages. MathJax 2 is copied next to the pages, so the book needs no network.
+pointing at the pages. MathJax 2 and plotly.js (from the installed plotly package) are copied
+next to the pages, so the book needs no network. Plotly figures are drawn from their saved JSON,
+ipywidgets panels show their first drawing from the saved widget state (ci/book_figures.py).
 
     python ci/build_book.py --executed artifacts/notebooks --out artifacts/book
 """
@@ -15,10 +17,12 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import book_figures  # noqa: E402
 import nbcheck  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 MATHJAX_DEFAULT = ROOT / "ci" / "vendor" / "node_modules" / "mathjax"
+TEMPLATE = ROOT / "ci" / "book_template" / "book.html.j2"
 MATHJAX_CONFIG = "TeX-AMS_CHTML-full,Safe"
 MATHJAX_PARTS = ["MathJax.js", "config", "extensions", "jax/input/TeX", "jax/output/CommonHTML", "jax/element",
                  "localization/en", "fonts/HTML-CSS/TeX/woff"]
@@ -54,25 +58,52 @@ def copy_mathjax(src: Path, dst: Path) -> None:
             shutil.copy2(s, d)
 
 
-def build(executed: Path, out: Path, mathjax: Path) -> list[dict]:
+def make_exporter():
+    """nbconvert's lab HTML exporter with the book's template (ci/book_template) and local MathJax."""
     from nbconvert import HTMLExporter
+
+    exporter = HTMLExporter(template_name="lab", template_file=str(TEMPLATE))
+    exporter.mathjax_url = f"mathjax/MathJax.js?config={MATHJAX_CONFIG}"
+    return exporter
+
+
+def page_html(exporter, nb: dict, name: str) -> tuple[str, dict]:
+    """The page of one executed notebook (parsed .ipynb) and the counts of its plotly figures and
+    widget panels (see book_figures.static_notebook); plotly.js is loaded only where it is used."""
     import nbformat
+    from nbformat.v4.rwbase import rejoin_lines
+
+    static, counts = book_figures.static_notebook(nb)
+    resources = {"metadata": {"name": name}, "book_plotly_js": book_figures.PLOTLY_JS if counts["plotly"] else ""}
+    body, _ = exporter.from_notebook_node(rejoin_lines(nbformat.from_dict(static)), resources=resources)
+    return body, counts
+
+
+def build(executed: Path, out: Path, mathjax: Path) -> list[dict]:
     from nbconvert.filters import markdown2html
 
     nbs = sorted(executed.glob("*.ipynb"))
     if not nbs:
         raise FileNotFoundError(f"no executed notebooks (*.ipynb) in {executed}; run python ci/run_notebooks.py first")
+    raws = {}
+    for p in nbs:                                   # every notebook readable before anything is written
+        try:
+            raws[p] = json.loads(p.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{p} is not a readable notebook ({e}); run python ci/run_notebooks.py again") from e
     out.mkdir(parents=True, exist_ok=True)
     copy_mathjax(mathjax, out / "mathjax")
-    exporter = HTMLExporter(template_name="lab")
-    exporter.mathjax_url = f"mathjax/MathJax.js?config={MATHJAX_CONFIG}"
-    pages = []
-    for p in nbs:
-        nb = nbformat.read(p, as_version=4)
-        body, _ = exporter.from_notebook_node(nb, resources={"metadata": {"name": p.stem}})
+    exporter = make_exporter()
+    pages, plotly_copied = [], False
+    for p, raw in raws.items():
+        body, counts = page_html(exporter, raw, p.stem)
+        if counts["plotly"] and not plotly_copied:
+            book_figures.copy_plotly_js(out)
+            plotly_copied = True
         (out / f"{p.stem}.html").write_text(body, encoding="utf-8")
-        s = nbcheck.summarize(json.loads(p.read_text()))
-        pages.append({"page": f"{p.stem}.html", "notebook": p.name, "png": s["png"], "errors": len(s["errors"])})
+        s = nbcheck.summarize(raw)
+        pages.append({"page": f"{p.stem}.html", "notebook": p.name, "png": s["png"], "errors": len(s["errors"]),
+                      **counts})
     table = notebook_table((ROOT / "README.md").read_text())
     index = ("<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>flare_nb notebooks</title>\n"
              f"<script src=\"mathjax/MathJax.js?config={MATHJAX_CONFIG}\"></script>\n"
@@ -102,7 +133,8 @@ def main() -> int:
         print(e, file=sys.stderr)
         return 2
     for pg in pages:
-        print(f"{pg['page']:55s} figures={pg['png']}")
+        print(f"{pg['page']:55s} figures={pg['png']} plotly={pg['plotly']} "
+              f"widgets={pg['widgets']} (figures in widgets={pg['widget_png']})")
     print(f"book: {len(pages)} pages and index.html in {out}")
     return 0
 

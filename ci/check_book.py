@@ -1,6 +1,7 @@
 """Open every page of the book (ci/build_book.py) in headless Chromium, take a screenshot of each,
 and fail on a broken image, an error output, a page showing fewer figures than its notebook holds,
-MathJax missing, or LaTeX MathJax could not render.
+a plotly figure not drawn, a widget panel without its figures, MathJax missing, LaTeX MathJax
+could not render, or a link of the index page that leads to no page of the book.
 
     python ci/check_book.py --book artifacts/book [--shots artifacts/book_shots]
 
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import html
+import html.parser
 import http.server
 import json
 import re
@@ -19,9 +21,14 @@ import shutil
 import subprocess
 import sys
 import threading
+import urllib.parse
 from functools import partial
 from pathlib import Path
 
+ERRORS = """<script>
+window.__bookErrors = [];
+window.addEventListener('error', function (e) { window.__bookErrors.push(String(e.message).slice(0, 160)); });
+</script>"""
 PROBE = """<script>
 (function () {
   function report() {
@@ -33,10 +40,21 @@ PROBE = """<script>
       math_errors: Array.prototype.map.call(document.querySelectorAll('.MathJax_Error, .merror, .noError, [data-mjx-error]'),
                                             function (e) { return (e.getAttribute('title') || e.textContent).slice(0, 120); }),
       images: imgs.length,
-      figures: imgs.filter(function (i) { return /^data:image\\/png/.test(i.getAttribute('src') || ''); }).length,
+      figures: imgs.filter(function (i) { return /^data:image\\/png/.test(i.getAttribute('src') || '') && !i.closest('.book-widget'); }).length,
+      plotly: document.querySelectorAll('.book-plotly').length,
+      plotly_drawn: Array.prototype.filter.call(document.querySelectorAll('.book-plotly'), function (el) {
+        var svg = el.querySelector('svg.main-svg'), r = el.getBoundingClientRect();
+        if (!el.classList.contains('js-plotly-plot') || !svg || r.width < 10 || r.height < 10) { return false; }
+        if (/WebGL is not supported|did not load/i.test(el.textContent)) { return false; }
+        var gl = el.querySelector('.gl-container');     // 3D scenes draw into a WebGL canvas
+        return !gl || Array.prototype.some.call(gl.querySelectorAll('canvas'), function (c) { return c.width > 0 && c.height > 0; });
+      }).length,
+      widgets: document.querySelectorAll('.book-widget').length,
+      widget_figures: imgs.filter(function (i) { return i.closest('.book-widget') && i.complete && i.naturalWidth > 0; }).length,
+      js_errors: (window.__bookErrors || []).slice(0, 5),
       broken: imgs.filter(function (i) { return !i.complete || i.naturalWidth === 0; })
                   .map(function (i) { return (i.getAttribute('src') || '').slice(0, 60); }),
-      errors: stderr.filter(function (e) { return /Traceback \\(most recent call last\\)|^\\s*\\w+(Error|Exception)\\b/m.test(e.textContent); })
+      errors: stderr.concat(Array.prototype.slice.call(document.querySelectorAll('.book-widget-stderr'))).filter(function (e) { return /Traceback \\(most recent call last\\)|^\\s*\\w+(Error|Exception)\\b/m.test(e.textContent); })
                     .map(function (e) { return e.textContent.trim().split('\\n').pop().slice(0, 160); })
     };
     document.body.setAttribute('data-book-check', JSON.stringify(r));
@@ -59,7 +77,9 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
             return super().send_head()
         body = path.read_text(encoding="utf-8")
         i = body.rfind("</body>")
-        body = (body[:i] + PROBE + body[i:] if i >= 0 else body + PROBE).encode("utf-8")
+        body = body[:i] + PROBE + body[i:] if i >= 0 else body + PROBE
+        j = body.find("<head>")                      # before the page's own scripts: their errors are seen
+        body = (body[:j + 6] + ERRORS + body[j + 6:] if j >= 0 else ERRORS + body).encode("utf-8")
         self.send_response(200)
         self.send_header("Content-Type", "text/html; charset=utf-8")
         self.send_header("Content-Length", str(len(body)))
@@ -85,7 +105,9 @@ def browse(browser: str, url: str, shot: Path, budget_ms: int, timeout_s: int) -
     return json.loads(html.unescape(m.group(1))) if m else {}
 
 
-def check_page(name: str, got: dict, expected_png: int | None) -> list[str]:
+def check_page(name: str, got: dict, page: dict | None) -> list[str]:
+    """What is wrong with one page as the browser showed it (``got``, the probe's report), given
+    what its notebook holds (``page``, its pages.json entry; None for the index)."""
     if not got:
         return [f"{name}: the page did not finish loading (no report from the page)"]
     msgs = []
@@ -94,8 +116,47 @@ def check_page(name: str, got: dict, expected_png: int | None) -> list[str]:
     msgs += [f"{name}: LaTeX MathJax could not render: {e!r}" for e in got["math_errors"]]
     msgs += [f"{name}: broken image {b!r}" for b in got["broken"]]
     msgs += [f"{name}: error output: {e}" for e in got["errors"]]
-    if expected_png is not None and got["figures"] < expected_png:
-        msgs.append(f"{name}: the page shows {got['figures']} figures, its notebook holds {expected_png}")
+    msgs += [f"{name}: script error: {e}" for e in got.get("js_errors", [])]
+    if page is None:
+        return msgs
+    if got["figures"] < page["png"]:
+        msgs.append(f"{name}: the page shows {got['figures']} figures, its notebook holds {page['png']}")
+    n_plotly = page.get("plotly", 0)
+    if got.get("plotly", 0) != n_plotly or got.get("plotly_drawn", 0) != n_plotly:
+        msgs.append(f"{name}: {got.get('plotly_drawn', 0)} of the notebook's {n_plotly} plotly figures are drawn "
+                    f"({got.get('plotly', 0)} plotly areas on the page)")
+    if got.get("widgets", 0) != page.get("widgets", 0):
+        msgs.append(f"{name}: the page shows {got.get('widgets', 0)} widget panels, its notebook holds "
+                    f"{page.get('widgets', 0)}")
+    if got.get("widget_figures", 0) != page.get("widget_png", 0):
+        msgs.append(f"{name}: the widget panels show {got.get('widget_figures', 0)} figures, their saved state "
+                    f"holds {page.get('widget_png', 0)}")
+    return msgs
+
+
+class _Links(html.parser.HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.hrefs: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "a":
+            self.hrefs += [v for k, v in attrs if k == "href" and v]
+
+
+def index_link_problems(index_html: str, pages: set[str]) -> list[str]:
+    """One line per link of the index page that is not a page of the book (``pages``: the page
+    file names in pages.json); links off the book (http:, mailto:) and in-page anchors count as
+    wrong too, since the index exists to lead to the pages."""
+    parser = _Links()
+    parser.feed(index_html)
+    msgs = [] if parser.hrefs else ["index.html: no links to the pages"]
+    for href in parser.hrefs:
+        target = urllib.parse.unquote(href.split("#", 1)[0])
+        if target not in pages:
+            msgs.append(f"index.html: the link {href!r} leads to no page of the book")
+    linked = {urllib.parse.unquote(h.split("#", 1)[0]) for h in parser.hrefs}
+    msgs += [f"index.html: no link to the page {p}" for p in sorted(pages - linked)]
     return msgs
 
 
@@ -128,11 +189,16 @@ def main() -> int:
                 got = browse(browser, f"{base}/{name}", shots / f"{Path(name).stem}.png", args.budget_ms, args.timeout_s)
             except subprocess.TimeoutExpired:
                 got = {}
-            expected = pages[name]["png"] if name in pages else None
-            msgs = check_page(name, got, expected)
+            page = pages.get(name)
+            msgs = check_page(name, got, page)
+            if name == "index.html":
+                msgs += index_link_problems((book / "index.html").read_text(encoding="utf-8"), set(pages))
             problems += msgs
-            print(f"{'FAIL' if msgs else 'ok  '}  {name:50s} figures={got.get('figures', '?')}"
-                  f"{'' if expected is None else f'/{expected}'} math={got.get('math', '?')}", flush=True)
+            exp = (lambda k: "" if page is None else f"/{page.get(k, 0)}")
+            print(f"{'FAIL' if msgs else 'ok  '}  {name:45s} figures={got.get('figures', '?')}{exp('png')} "
+                  f"plotly={got.get('plotly_drawn', '?')}{exp('plotly')} "
+                  f"widget figures={got.get('widget_figures', '?')}{exp('widget_png')} math={got.get('math', '?')}",
+                  flush=True)
     finally:
         server.shutdown()
     for m in problems:

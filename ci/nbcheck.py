@@ -1,6 +1,7 @@
 """What an executed notebook shows: its figures (PNG outputs), its error outputs and the cells
 that display a returned matplotlib Figure a second time. Used by run_notebooks.py, build_book.py
-and check_book.py; the per-notebook minimum figure counts live in ci/expected/figures/png.json."""
+and check_book.py; the per-notebook minimum figure counts live in ci/expected/figures/png.json
+(cell outputs) and widget_png.json (inside widget panels)."""
 from __future__ import annotations
 
 import json
@@ -8,6 +9,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 FIGURES_EXPECTED = ROOT / "ci" / "expected" / "figures" / "png.json"
+WIDGET_FIGURES_EXPECTED = ROOT / "ci" / "expected" / "figures" / "widget_png.json"
 
 
 def _outputs(nb: dict):
@@ -46,11 +48,16 @@ def load_expected(path: Path = FIGURES_EXPECTED) -> dict[str, int]:
     return {k: int(v) for k, v in json.loads(Path(path).read_text()).items() if not k.startswith("_")}
 
 
-def problems(name: str, summary: dict, expected: dict[str, int]) -> list[str]:
+def problems(name: str, summary: dict, expected: dict[str, int], expected_widgets: dict[str, int] | None = None) \
+        -> list[str]:
     """One line per thing wrong with an executed notebook called ``name`` (its stem)."""
     msgs = [f"{name}: cell {i} has an error output ({e})" for i, e in summary["errors"]]
     if name in expected and summary["png"] < expected[name]:
         msgs.append(f"{name}: {summary['png']} figures (PNG outputs), expected at least {expected[name]}")
+    need = (expected_widgets or {}).get(name)
+    if need is not None and summary["widget_png"] < need:
+        msgs.append(f"{name}: {summary['widget_png']} figures in widget panels, expected at least {need} "
+                    f"(a panel that draws nothing until a control moves shows nothing in the book)")
     msgs += [f"{name}: cell {i} ends with a Figure, which the inline backend shows twice; end the line "
              f"with ';' or return nothing" for i in summary["figure_results"]]
     return msgs

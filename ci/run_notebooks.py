@@ -2,7 +2,7 @@
 notebook's own metadata, matplotlib's inline backend (MPLBACKEND is removed from the kernel's
 environment), figures stored as PNG -- with the quick parameters in ci/notebook_params.json.
 Executed copies go to --out. Exits non-zero on a cell error, an error output, fewer figures than
-ci/expected/figures/png.json asks for, or a cell whose Figure would be shown twice."""
+ci/expected/figures/png.json (and widget_png.json, in widget panels) asks for, or a cell whose Figure would be shown twice."""
 from __future__ import annotations
 
 import argparse
@@ -32,6 +32,7 @@ def main() -> int:
     out.mkdir(parents=True, exist_ok=True)
     params = json.loads((ROOT / "ci" / "notebook_params.json").read_text())
     expected = nbcheck.load_expected()
+    expected_widgets = nbcheck.load_expected(nbcheck.WIDGET_FIGURES_EXPECTED)
     notebooks = sorted((ROOT / "notebooks").glob("*.ipynb"))
     if args.only:
         notebooks = [nb for nb in notebooks if any(nb.name.startswith(p) for p in args.only)]
@@ -53,7 +54,7 @@ def main() -> int:
             print(f"FAIL  {nb.name}  {time.perf_counter() - t0:6.1f} s\n{e}", file=sys.stderr)
             continue
         summary = nbcheck.summarize(json.loads((out / nb.name).read_text()))
-        msgs = nbcheck.problems(nb.stem, summary, expected)
+        msgs = nbcheck.problems(nb.stem, summary, expected, expected_widgets)
         status = "FAIL" if msgs else "ok  "
         print(f"{status}  {nb.name}  {time.perf_counter() - t0:6.1f} s  figures={summary['png']}"
               f" (+{summary['widget_png']} in widgets)  params={p}", flush=True)

@@ -1,4 +1,4 @@
-"""ci/nbcheck.py (what an executed notebook shows) and ci/build_book.py's README table."""
+"""ci/nbcheck.py (what an executed notebook shows) and ci/build_book.py's README table (the book's figures: tests/test_book.py)."""
 import sys
 from pathlib import Path
 
@@ -31,12 +31,18 @@ def test_summarize_counts_figures_errors_and_returned_figures():
     assert any("cell 3 has an error output (ValueError: bad)" in m for m in msgs)
     assert any("cell 1 ends with a Figure" in m for m in msgs)
     assert nbcheck.problems("nb", {"png": 4, "widget_png": 0, "errors": [], "figure_results": []}, {"nb": 4}) == []
+    ok = {"png": 4, "widget_png": 1, "errors": [], "figure_results": []}
+    assert nbcheck.problems("nb", ok, {"nb": 4}, {"nb": 1, "other": 5}) == []
+    msgs = nbcheck.problems("nb", {**ok, "widget_png": 0}, {"nb": 4}, {"nb": 1})
+    assert len(msgs) == 1 and "0 figures in widget panels, expected at least 1" in msgs[0]
 
 
 def test_expected_figure_counts_name_real_notebooks():
     names = {p.stem for p in (ROOT / "notebooks").glob("*.ipynb")}
     counts = nbcheck.load_expected()
     assert set(counts) <= names and all(v >= 1 for v in counts.values())
+    widgets = nbcheck.load_expected(nbcheck.WIDGET_FIGURES_EXPECTED)
+    assert widgets and set(widgets) <= names and all(v >= 1 for v in widgets.values())
 
 
 def test_readme_table_links_every_notebook_page():

@@ -1,5 +1,7 @@
 """flare_nb.nb.widgets: the pose-perturbation callback behind notebook 02's widget."""
 
+import math
+
 import matplotlib
 
 matplotlib.use("Agg")
@@ -36,6 +38,18 @@ def test_zero_perturbation_is_identity():
     assert info["rotation_deg"] < 1e-5 and info["centre_shift"] == 0 and info["pose_loss"] < 1e-6
 
 
+def test_rotation_angle_of_float32_poses_is_not_rounding_noise():
+    c2w = _trajectory().float()
+    c2w[1, :3, :3] = euler_to_matrix(33, -71, 12).float()         # rounded: R^T R is I only to float32 precision
+    eps = torch.finfo(torch.float32).eps                            # the rotation's entries carry ~eps rounding, and
+    tol = math.degrees(16 * eps)                                    # so does the angle from atan2(sin, cos)
+    _, info = pose_perturbation_view(c2w, 1, draw=False)
+    assert info["rotation_deg"] < tol
+    for deg in (0.05, 0.5, 12.0, 90.0, 170.0):                    # acos of the trace alone: ~eps / sin(angle)
+        _, info = pose_perturbation_view(c2w, 1, rx=deg, draw=False)
+        assert info["rotation_deg"] == pytest.approx(deg, abs=tol)
+
+
 def test_info_and_loss_grow_with_the_perturbation():
     c2w = _trajectory()
     losses = []
@@ -63,7 +77,9 @@ def test_widget_builds_and_updates():
     box = make_pose_widget(_trajectory())
     controls = {getattr(c, "description", ""): c for c in box.children}
     assert {"view", "rx (deg)", "tz", "frame"} <= set(controls)
-    assert box.last_info is None                              # nothing drawn before a change
+    assert box.last_info["rotation_deg"] == pytest.approx(0.0, abs=1e-6)   # drawn at once, unperturbed
+    kinds = [list(o.get("data", {"text": 0})) for o in box.out.outputs]
+    assert kinds[0] == ["text"] and "image/png" in kinds[1] and len(kinds) == 2
     controls["ry (deg)"].value = 12.0
     assert box.last_info["rotation_deg"] == pytest.approx(12.0, abs=1e-6)
-    assert "pose loss" in box.children[-2].value
+    assert "rotation 12.00 deg" in box.out.outputs[0]["text"] and "pose loss" in box.out.outputs[0]["text"]

@@ -2,7 +2,7 @@
 
 * :func:`pose_perturbation_view` -- the callback of the pose widget: perturb, draw the cameras
   (the unperturbed view as a grey frustum), and report what the pose loss would charge;
-* :func:`make_pose_widget` -- ipywidgets sliders around that callback.
+* :func:`make_pose_widget` -- ipywidgets sliders around that callback (drawn once at the start).
 
 Poses are camera-to-world ``(V, 4, 4)``, OpenCV axes (README "Conventions").
 """
@@ -13,6 +13,7 @@ import math
 import torch
 
 from flare_nb.model.pose_encoding import encode_c2w, move_camera
+from flare_nb.panel import figure_panel
 from flare_nb.train.losses import pose_loss
 from flare_nb.viz import _EDGES, frustum_points, plot_cameras
 
@@ -36,10 +37,13 @@ def pose_perturbation_view(c2w: torch.Tensor, view: int, rx: float = 0.0, ry: fl
     new = move_camera(c2w, view, (rx, ry, rz), (tx, ty, tz), frame)
     old_v, new_v = c2w[view].double(), new[view].double()
     dR = old_v[:3, :3].T @ new_v[:3, :3]
-    cos = ((torch.trace(dR) - 1) / 2).clamp(-1, 1)
+    # angle from atan2(sin, cos): acos of the trace alone turns float32 rounding of an unchanged
+    # camera into a few hundredths of a degree
+    skew = torch.stack([dR[2, 1] - dR[1, 2], dR[0, 2] - dR[2, 0], dR[1, 0] - dR[0, 1]])
+    sin, cos = skew.norm() / 2, (torch.trace(dR) - 1) / 2
     enc = encode_c2w(new)[None]                                  # (1, V, 9)
     loss, parts = pose_loss([enc], c2w.double()[None])
-    info = {"c2w": new, "rotation_deg": math.degrees(math.acos(float(cos))),
+    info = {"c2w": new, "rotation_deg": math.degrees(math.atan2(float(sin), float(cos))),
             "centre_shift": float((new_v[:3, 3] - old_v[:3, 3]).norm()), "pose_loss": float(loss),
             "loss_rot": float(parts["pose_rot"]), "loss_trans": float(parts["pose_trans"])}
     if not draw:
@@ -68,12 +72,11 @@ def pose_perturbation_view(c2w: torch.Tensor, view: int, rx: float = 0.0, ry: fl
 
 def make_pose_widget(c2w: torch.Tensor, K=None, hw=None, max_deg: float = 45.0, max_shift: float = 1.0):
     """ipywidgets controls (view, 3 rotation and 3 translation sliders, frame) around
-    :func:`pose_perturbation_view`; returns an ``ipywidgets.VBox`` (display it). Nothing is
-    drawn until a control changes (so a headless run never waits on a frontend); after each
-    change ``box.last_info`` holds the callback's ``info``. Notebook 02."""
+    :func:`pose_perturbation_view`, as a :func:`flare_nb.panel.figure_panel` (display it): it
+    draws the unperturbed cameras now and again after each change, under a line with the
+    rotation, centre shift and pose loss; ``box.last_info`` holds the latest ``info``. Notebook 02."""
     import ipywidgets as W
     import matplotlib.pyplot as plt
-    from IPython.display import display
 
     V = c2w.shape[0]
 
@@ -85,24 +88,19 @@ def make_pose_widget(c2w: torch.Tensor, K=None, hw=None, max_deg: float = 45.0, 
                 "rz": slider(-max_deg, max_deg, 1.0, "rz (deg)"), "tx": slider(-max_shift, max_shift, 0.01, "tx"),
                 "ty": slider(-max_shift, max_shift, 0.01, "ty"), "tz": slider(-max_shift, max_shift, 0.01, "tz"),
                 "frame": W.Dropdown(options=["camera", "world"], value="camera", description="frame")}
-    out = W.Output()
-    status = W.Label("move a slider to perturb the selected view")
-    box = W.VBox([*controls.values(), status, out])
-    box.last_info = None
+    latest = {}
 
-    def update(_change=None):
-        kw = {k: c.value for k, c in controls.items()}
+    def draw(**kw):
         fig = plt.figure(figsize=(5, 5))
         ax = fig.add_subplot(projection="3d")
         _, info = pose_perturbation_view(c2w, K=K, hw=hw, ax=ax, **kw)
-        box.last_info = info
-        status.value = (f"rotation {info['rotation_deg']:.2f} deg, centre shift {info['centre_shift']:.3f}, "
-                        f"pose loss {info['pose_loss']:.4f} (rot {info['loss_rot']:.4f}, trans {info['loss_trans']:.4f})")
-        out.clear_output(wait=True)
-        with out:
-            display(fig)
-        plt.close(fig)
+        latest["info"] = info
+        if "box" in latest:
+            latest["box"].last_info = info
+        return [f"rotation {info['rotation_deg']:.2f} deg, centre shift {info['centre_shift']:.3f}, "
+                f"pose loss {info['pose_loss']:.4f} (rot {info['loss_rot']:.4f}, trans {info['loss_trans']:.4f})", fig]
 
-    for c in controls.values():
-        c.observe(update, names="value")
+    box = figure_panel(draw, controls)
+    box.last_info = latest["info"]
+    latest["box"] = box
     return box
