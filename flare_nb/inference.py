@@ -129,8 +129,11 @@ def load_model(checkpoint=None, config="tiny", device="auto", dtype: torch.dtype
                 if info is None:
                     raise
                 first = str(e).split("\n- ")[1] if "\n- " in str(e) else str(e)
-                raise CheckpointError(f"{path}: its model_config does not fit its weights ({first[:300]}); export "
-                                      "it again with scripts/export_checkpoint.py") from None
+                what, _, items = first.partition(": ")        # e.g. "85 shape mismatches", "k: (..) vs (..); ..."
+                example = items.split("; " if "shape" in what else ", ")[0]
+                raise CheckpointError(f"{path}: its model_config does not fit its weights ({what}"
+                                      f"{', e.g. ' + example if example else ''}); export it again with "
+                                      "scripts/export_checkpoint.py") from None
             label = f"trained weights from {path}"
         else:
             deterministic_fill(model)
@@ -151,7 +154,7 @@ def load_model(checkpoint=None, config="tiny", device="auto", dtype: torch.dtype
 
 
 def _native_size(info, path, cfg):
-    if info is not None:
+    if info is not None and info.image_size is not None:
         return info.image_size
     if path is not None and cfg in (config_module.tiny(), config_module.tiny_nvs()):
         return LEGACY_TINY_SIZE

@@ -55,8 +55,9 @@ from flare_nb import video as video_module
 from flare_nb.intrinsics import parse_intrinsics_option, resolve_intrinsics
 from flare_nb.cameras import invert_pose, opengl_to_opencv
 from flare_nb.device import resolve_device
-from flare_nb.inference import load_model, reconstruct
+from flare_nb.inference import default_checkpoint, load_model, reconstruct
 from flare_nb.model import config as config_module
+from flare_nb.model.checkpoint import read_checkpoint_info
 from flare_nb.model.flare import FlareModel
 from flare_nb.model.pose_encoding import check_camera_poses
 from flare_nb.outdir import StagedOutput, manifest_files
@@ -108,15 +109,12 @@ def default_size(config: str, checkpoint=None) -> tuple[int, int]:
     if not config.startswith("tiny"):
         return (512, 384)
     info = _tiny_checkpoint_info(config, checkpoint)
-    return (128, 128) if info is None else (info.image_size[1], info.image_size[0])
+    return (128, 128) if info is None or info.image_size is None else (info.image_size[1], info.image_size[0])
 
 
 def _tiny_checkpoint_info(config: str, checkpoint):
     """The ``CheckpointInfo`` of the tiny model's checkpoint (given, or the default geometry one), None
     when there is no such file or it does not describe itself."""
-    from flare_nb.inference import default_checkpoint
-    from flare_nb.model.checkpoint import read_checkpoint_info
-
     if not config.startswith("tiny"):
         return None
     path = Path(checkpoint) if checkpoint not in (None, "") else (default_checkpoint() if config == "tiny" else None)
@@ -590,11 +588,9 @@ def reconstruct_to_folder(inputs, out, checkpoint=None, config="tiny", size=None
     if info is not None and info.model_config.kind == cfg.kind:
         cfg = info.model_config                           # the model load_model builds (memory estimate)
         if ckpt is None:                                  # the default checkpoint told the config: load it
-            from flare_nb.inference import default_checkpoint
-
             ckpt = default_checkpoint()
     if size is None:
-        size = (info.image_size[1], info.image_size[0]) if info is not None else default_size(cfg_name, ckpt)
+        size = default_size(cfg_name, ckpt)
 
     # 1. photos (or a video's frames) and the output folder, before any work
     t0 = time.perf_counter()

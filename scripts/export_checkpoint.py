@@ -24,8 +24,9 @@ def main(argv=None) -> int:
     try:
         ck = load_checkpoint(args.run_dir / "checkpoint.pt")
         info = checkpoint_info_from(ck, str(args.run_dir / "checkpoint.pt"))
-        if info is None:
-            raise ValueError(f"{args.run_dir / 'checkpoint.pt'} has no model_config; it cannot be exported")
+        if info is None or info.image_size is None:
+            raise ValueError(f"{args.run_dir / 'checkpoint.pt'} has no model_config or no config.data.size; "
+                             "export the checkpoint of a flare_nb.train run")
         save_flare_checkpoint(ck["model"], args.out, model_config=info.model_config, image_size=info.image_size)
     except (FileNotFoundError, ValueError) as e:
         print(f"export_checkpoint: error: {e}", file=sys.stderr)

@@ -145,6 +145,11 @@ def test_training_checkpoint_gives_its_run_size(run_dir):
     assert read_checkpoint_info(d / "checkpoint.pt").image_size == (64, 64)
     assert load_trained_model(d / "checkpoint.pt").native_size == (64, 64)
     assert load_model(d / "checkpoint.pt", device="cpu").native_size == (64, 64)
+    bare = d.parent / "bare_checkpoint.pt"                              # a run without data settings
+    torch.save({"format": FORMAT, "model_config": PATCH8.to_dict(),
+                "model": torch.load(d / "checkpoint.pt", weights_only=True)["model"]}, bare)
+    m = load_model(bare, device="cpu")
+    assert m.cfg == PATCH8 and m.native_size is None
 
 
 def test_export_refuses_a_run_without_checkpoint(tmp_path, capsys):

@@ -34,6 +34,7 @@ import torch
 from flare_nb.eval.evaluate import (HELD_OUT_SEED_START, format_table,
                                     held_out_seeds, load_flare_for_eval)
 from flare_nb.eval.metrics import psnr, ssim
+from flare_nb.inference import native_size_wh
 from flare_nb.render.splats import gaussians_from_pointmap
 from flare_nb.render.targets import render_targets
 from flare_nb.scenes.preprocess import check_size
@@ -129,8 +130,6 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
             raise SystemExit(f"error: checkpoint not found: {path}")
     nvs = load_flare_for_eval(a.nvs_checkpoint, a.nvs_config, "cpu")
     geo = load_flare_for_eval(a.geometry_checkpoint, "tiny", "cpu") if a.geometry_checkpoint else None
-    from flare_nb.inference import native_size_wh
-
     a.size = list(a.size) if a.size is not None else list(native_size_wh(nvs, (128, 128)))
     rows = evaluate_novel_views(nvs, geo, held_out_seeds(a.scenes), a.n_views, a.n_targets, tuple(a.size), a.modes)
     cols = ["PSNR", "SSIM"] + (["LPIPS"] if any("LPIPS" in r for r in rows) else []) + ["time_s"]

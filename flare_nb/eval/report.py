@@ -29,6 +29,7 @@ from flare_nb.eval.evaluate import (POSE_SOURCES, colmap_method,
                                     flare_method, format_table, held_out_seeds,
                                     load_flare_for_eval)
 from flare_nb.eval.priors import PRIORS, prior_method
+from flare_nb.inference import native_size_wh
 from flare_nb.scenes.scene import load_scene
 
 __all__ = ["REAL_SCENES", "build_methods", "default_sizes", "synthetic_rows", "real_rows", "load_real_scene", "report_markdown",
@@ -154,8 +155,6 @@ def main(argv: Sequence[str] | None = None) -> str:
                             priors=not a.no_priors, orbit_arc=a.orbit_arc)
     label = next((getattr(f, "weights_label", "") for f in methods.values() if hasattr(f, "weights_label")), "")
     model = next((f.model for f in methods.values() if hasattr(f, "model")), None)
-    from flare_nb.inference import native_size_wh
-
     syn_size, real_size = default_sizes(native_size_wh(model))
     a.size = list(a.size) if a.size is not None else list(syn_size)
     a.real_size = list(a.real_size) if a.real_size is not None else list(real_size)

@@ -66,10 +66,11 @@ TRAIN_FORMAT = "flare_nb.train/1"
 @dataclass(frozen=True)
 class CheckpointInfo:
     """What a self-describing checkpoint says about itself: the ``FlareConfig`` its weights
-    belong to, its native input size ``image_size = (H, W)`` and its ``format``."""
+    belong to, its native input size ``image_size = (H, W)`` (None only for a training
+    checkpoint without ``config.data.size``) and its ``format``."""
 
     model_config: FlareConfig
-    image_size: tuple[int, int]
+    image_size: tuple[int, int] | None
     format: str
 
 
@@ -123,6 +124,8 @@ def checkpoint_info_from(obj, where: str = "checkpoint") -> CheckpointInfo | Non
         cfg = _config_from_dict(obj.get("model_config"), where)
         data = obj.get("config", {}).get("data", {}) if isinstance(obj.get("config"), dict) else {}
         wh = data.get("size") if isinstance(data, dict) else None       # the training config's order: (W, H)
+        if wh is None:                                                   # a run without data settings
+            return CheckpointInfo(cfg, None, fmt)
         hw = [wh[1], wh[0]] if isinstance(wh, (list, tuple)) and len(wh) == 2 else wh
         return CheckpointInfo(cfg, _check_image_size(hw, cfg, f"{where} (config.data.size, W x H)"), fmt)
     if fmt != SHIPPED_FORMAT:
