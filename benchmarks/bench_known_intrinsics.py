@@ -4,7 +4,8 @@ held-out synthetic scenes, predicted vs. with known intrinsics / known poses, be
     python benchmarks/bench_known_intrinsics.py [--scenes 4] [--views 4] [--modes orbit forward]
 
 Held-out scenes: :func:`flare_nb.scenes.synthetic.make_scene` with seeds from 1 000 000 (as
-``flare_nb.eval_report``), 128x128, the shipped tiny geometry model. Every variant is scored as
+``flare_nb.eval_report``) at the shipped tiny geometry model's native size (``model.native_size``,
+128x128 when unknown). Every variant is scored as
 ``flare_nb.eval.evaluate.evaluate_pointmaps`` (Sim(3)-aligned on the pixel correspondences,
 chamfer in scene units):
 
@@ -27,7 +28,7 @@ import torch
 from flare_nb import cameras
 from flare_nb.eval.evaluate import evaluate_pointmaps
 from flare_nb.export import fov_K
-from flare_nb.inference import load_model, reconstruct
+from flare_nb.inference import load_model, native_size_wh, reconstruct
 from flare_nb.scenes.synthetic import make_scene, pointmaps
 
 HELD_OUT_SEED = 1_000_000
@@ -57,11 +58,12 @@ def main() -> None:
     a = ap.parse_args()
     torch.manual_seed(0)
     model = load_model(device="cpu")
+    size = native_size_wh(model, (128, 128))
     print(f"weights: {model.weights_label}")
     rows = {}
     for mode in a.modes:
         for k in range(a.scenes):
-            sc = make_scene(HELD_OUT_SEED + k, n_views=a.views, size=(128, 128), mode=mode)
+            sc = make_scene(HELD_OUT_SEED + k, n_views=a.views, size=size, mode=mode)
             V, _, H, W = sc.images.shape
             gt = pointmaps(sc, "view0")
             valid = sc.depth > 0
@@ -81,7 +83,7 @@ def main() -> None:
             for name, v in res.items():
                 rows.setdefault((mode, name), []).append(v)
     print(f"chamfer (scene units, Sim(3)-aligned; lower is better), {a.scenes} held-out scenes per mode, "
-          f"{a.views} views, 128x128, seeds from {HELD_OUT_SEED}")
+          f"{a.views} views, {size[0]}x{size[1]}, seeds from {HELD_OUT_SEED}")
     print(f"{'mode':8s} {'variant':16s} {'mean':>7s} {'median':>7s}")
     for (mode, name), vals in rows.items():
         print(f"{mode:8s} {name:16s} {statistics.fmean(vals):7.4f} {statistics.median(vals):7.4f}")

@@ -80,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
         q.add_argument("--config", default="tiny", choices=["tiny", "official_geometry"],
                        help="model size: tiny (default) or official_geometry (the released model)")
         q.add_argument("--size", default=None, help="input size WxH, multiples of 64 (default: the model's "
-                       "native size, 128x128 tiny, 512x384 official)")
+                       "native size: the tiny checkpoint's training size, e.g. 128x128; 512x384 official)")
         q.add_argument("--device", default="auto", help="auto | cpu | cuda")
         q.add_argument("--ref-view", default="auto", help="reference view: auto, an index or a file name")
         q.add_argument("--conf-threshold", type=float, default=0.5, metavar="Q",

@@ -36,7 +36,7 @@ import torch
 from flare_nb import camera_rule, cameras, data_dir
 from flare_nb.device import autocast_dtype, resolve_device
 from flare_nb.model import config as config_module
-from flare_nb.model.checkpoint import load_flare_checkpoint
+from flare_nb.model.checkpoint import CheckpointError, load_flare_checkpoint, read_checkpoint_info
 from flare_nb.model.config import FlareConfig
 from flare_nb.model.flare import FlareModel
 from flare_nb.model.pose_encoding import check_camera_poses, decode_c2w
@@ -44,7 +44,11 @@ from flare_nb.model.reference import deterministic_fill
 from flare_nb.scenes import preprocess
 from flare_nb.scenes.preprocess import to_model_input
 
-__all__ = ["Reconstruction", "load_model", "reconstruct", "resolve_config", "default_checkpoint", "STAGES"]
+__all__ = ["Reconstruction", "load_model", "reconstruct", "resolve_config", "default_checkpoint", "STAGES",
+           "LEGACY_TINY_SIZE", "native_size_wh", "checkpoint_native_size"]
+
+#: native size (H, W) of a tiny-model checkpoint that does not describe itself (``{'model': sd}`` only)
+LEGACY_TINY_SIZE = (128, 128)
 
 #: the stage modules of ``FlareModel`` whose run time ``reconstruct`` reports (module, timing name), in call order
 STAGES = (("encoder", "encoder"), ("pose_predictor", "stage1_coarse_pose"),
@@ -87,22 +91,31 @@ def load_model(checkpoint=None, config="tiny", device="auto", dtype: torch.dtype
         dtype: parameter dtype (default float32; ``torch.bfloat16`` halves the memory).
         seed: seed of the random tiny weights (ignored when a checkpoint is loaded).
 
+    A self-describing checkpoint (``model_config`` + ``image_size``, :mod:`flare_nb.model.checkpoint`)
+    brings its own model: with ``config`` left at ``"tiny"`` (or ``tiny()`` / ``tiny_nvs()`` and a
+    checkpoint of that kind) the file's ``FlareConfig`` is built (e.g. patch 8 trained at 64x64);
+    any other ``config`` must equal the file's (``CheckpointError`` otherwise, one line).
+
     Sets ``model.weights_label`` (a sentence for notebook output), ``model.weights_random``
-    (bool) and ``model.load_report`` (``LoadReport`` or None). Notebook 01.
+    (bool), ``model.load_report`` (``LoadReport`` or None) and ``model.native_size``: the
+    ``(H, W)`` the weights were trained at -- the file's ``image_size``, ``LEGACY_TINY_SIZE``
+    for a tiny checkpoint without one, ``None`` where unknown (random weights, the released
+    models). Consumers default their image size to it (:func:`native_size_wh`). Notebook 01.
     """
 
     cfg = resolve_config(config)
     dev = resolve_device(device)
     if dtype is not None and dtype not in (torch.float32, torch.bfloat16, torch.float16):
         raise ValueError(f"dtype must be None, torch.float32, torch.bfloat16 or torch.float16, got {dtype}")
-    if checkpoint is not None and not isinstance(checkpoint, (str, Path)):
-        raise TypeError(f"checkpoint must be None, '' or a path, got {type(checkpoint).__name__}")
-    path = Path(checkpoint) if checkpoint not in (None, "") else None
+    path = _default_path(checkpoint, cfg)
     is_tiny = cfg == config_module.tiny()
-    if path is None and is_tiny and default_checkpoint().is_file():
-        path = default_checkpoint()
     if path is not None and not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path} (pass CHECKPOINT='' for the default weights)")
+
+    info = read_checkpoint_info(path) if path is not None else None
+    if info is not None:
+        cfg = _checkpoint_config(cfg, info.model_config, path)
+    native = _native_size(info, path, cfg)
 
     report = None
     if path is not None or not is_tiny:
@@ -110,7 +123,17 @@ def load_model(checkpoint=None, config="tiny", device="auto", dtype: torch.dtype
             model = FlareModel(cfg)
         model = model.to_empty(device="cpu")
         if path is not None:
-            report = load_flare_checkpoint(model, path)
+            try:
+                report = load_flare_checkpoint(model, path)
+            except CheckpointError as e:
+                if info is None:
+                    raise
+                first = str(e).split("\n- ")[1] if "\n- " in str(e) else str(e)
+                what, _, items = first.partition(": ")        # e.g. "85 shape mismatches", "k: (..) vs (..); ..."
+                example = items.split("; " if "shape" in what else ", ")[0]
+                raise CheckpointError(f"{path}: its model_config does not fit its weights ({what}"
+                                      f"{', e.g. ' + example if example else ''}); export it again with "
+                                      "scripts/export_checkpoint.py") from None
             label = f"trained weights from {path}"
         else:
             deterministic_fill(model)
@@ -126,7 +149,61 @@ def load_model(checkpoint=None, config="tiny", device="auto", dtype: torch.dtype
     model.weights_label = label
     model.weights_random = path is None
     model.load_report = report
+    model.native_size = native
     return model
+
+
+def _native_size(info, path, cfg):
+    if info is not None and info.image_size is not None:
+        return info.image_size
+    if path is not None and cfg in (config_module.tiny(), config_module.tiny_nvs()):
+        return LEGACY_TINY_SIZE
+    return None
+
+
+def _default_path(checkpoint, cfg: FlareConfig):
+    if checkpoint is not None and not isinstance(checkpoint, (str, Path)):
+        raise TypeError(f"checkpoint must be None, '' or a path, got {type(checkpoint).__name__}")
+    path = Path(checkpoint) if checkpoint not in (None, "") else None
+    if path is None and cfg == config_module.tiny() and default_checkpoint().is_file():
+        path = default_checkpoint()
+    return path
+
+
+def checkpoint_native_size(checkpoint=None, config="tiny"):
+    """The ``(H, W)`` that ``load_model(checkpoint, config).native_size`` would be, read from the file
+    without building the model (None where unknown); e.g. to choose a notebook's image size first."""
+    cfg = resolve_config(config)
+    path = _default_path(checkpoint, cfg)
+    if path is None or not path.is_file():
+        return None
+    info = read_checkpoint_info(path)
+    if info is not None:
+        cfg = _checkpoint_config(cfg, info.model_config, path)
+    return _native_size(info, path, cfg)
+
+
+def _checkpoint_config(cfg: FlareConfig, file_cfg: FlareConfig, path) -> FlareConfig:
+    """The config to build for a checkpoint that carries ``file_cfg``: the file's when ``cfg``
+    is a workbook default (``tiny()`` / ``tiny_nvs()`` of the file's kind), else ``cfg``, which
+    must then equal the file's (``notes`` aside)."""
+    if cfg in (config_module.tiny(), config_module.tiny_nvs()) and cfg.kind == file_cfg.kind:
+        return file_cfg
+    a, b = cfg.to_dict(), file_cfg.to_dict()
+    diff = [k for k in a if k != "notes" and a[k] != b[k]]
+    if diff:
+        shown = ", ".join(f"{k} {b[k]!r} (asked {a[k]!r})" for k in diff[:4])
+        raise CheckpointError(f"{path} was trained with another model config: {shown}"
+                              f"{' ...' if len(diff) > 4 else ''}; leave config at 'tiny' to build the "
+                              "checkpoint's own")
+    return cfg
+
+
+def native_size_wh(model, fallback=None):
+    """``(W, H)`` -- the workbook's size order -- of ``model.native_size`` (set by :func:`load_model`
+    and :func:`flare_nb.train.state.load_trained_model`), ``fallback`` when unknown."""
+    hw = getattr(model, "native_size", None)
+    return fallback if hw is None else (int(hw[1]), int(hw[0]))
 
 
 def _model_device(model) -> torch.device:

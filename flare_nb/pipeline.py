@@ -55,8 +55,9 @@ from flare_nb import video as video_module
 from flare_nb.intrinsics import parse_intrinsics_option, resolve_intrinsics
 from flare_nb.cameras import invert_pose, opengl_to_opencv
 from flare_nb.device import resolve_device
-from flare_nb.inference import load_model, reconstruct
+from flare_nb.inference import default_checkpoint, load_model, reconstruct
 from flare_nb.model import config as config_module
+from flare_nb.model.checkpoint import read_checkpoint_info
 from flare_nb.model.flare import FlareModel
 from flare_nb.model.pose_encoding import check_camera_poses
 from flare_nb.outdir import StagedOutput, manifest_files
@@ -99,10 +100,25 @@ def _warn(msg: str) -> None:
 
 
 # ----------------------------------------------------------------------------- inputs
-def default_size(config: str) -> tuple[int, int]:
-    """The model's native input size (W, H): 128x128 for the tiny model (its training size),
-    512x384 for the released models."""
-    return (128, 128) if config.startswith("tiny") else (512, 384)
+def default_size(config: str, checkpoint=None) -> tuple[int, int]:
+    """The model's native input size (W, H): for the tiny models the size their checkpoint was
+    trained at (its ``image_size``, :func:`flare_nb.model.checkpoint.read_checkpoint_info`;
+    ``checkpoint`` None = ``data/checkpoints/tiny_geometry.pt``), 128x128 for a checkpoint that does
+    not say; 512x384 for the released models. Photos are resized to it keeping their aspect and
+    centre-cropped (:mod:`flare_nb.scenes.preprocess`)."""
+    if not config.startswith("tiny"):
+        return (512, 384)
+    info = _tiny_checkpoint_info(config, checkpoint)
+    return (128, 128) if info is None or info.image_size is None else (info.image_size[1], info.image_size[0])
+
+
+def _tiny_checkpoint_info(config: str, checkpoint):
+    """The ``CheckpointInfo`` of the tiny model's checkpoint (given, or the default geometry one), None
+    when there is no such file or it does not describe itself."""
+    if not config.startswith("tiny"):
+        return None
+    path = Path(checkpoint) if checkpoint not in (None, "") else (default_checkpoint() if config == "tiny" else None)
+    return read_checkpoint_info(path) if path is not None and path.is_file() else None
 
 
 def collect_images(inputs, max_views: int = DEFAULT_MAX_VIEWS) -> tuple[list[Path], list[str]]:
@@ -561,13 +577,20 @@ def reconstruct_to_folder(inputs, out, checkpoint=None, config="tiny", size=None
                                                                             geometry_checkpoint)
     cfg = _resolve_config(config)
     cfg_name = config if isinstance(config, str) else "custom"
-    size = default_size(cfg_name) if size is None else check_size(tuple(size))
+    size = None if size is None else check_size(tuple(size))
     dname = str(device).strip().lower()
     if not (dname in ("auto", "cpu", "cuda") or (dname.startswith("cuda:") and dname[5:].isdigit())):
         raise ValueError(f"--device must be auto, cpu, cuda or cuda:N, got {device!r}")
     ckpt = None if checkpoint in (None, "") else Path(checkpoint)
     if ckpt is not None:
         precheck_checkpoint(ckpt)
+    info = _tiny_checkpoint_info(cfg_name, ckpt)
+    if info is not None and info.model_config.kind == cfg.kind:
+        cfg = info.model_config                           # the model load_model builds (memory estimate)
+        if ckpt is None:                                  # the default checkpoint told the config: load it
+            ckpt = default_checkpoint()
+    if size is None:
+        size = default_size(cfg_name, ckpt)
 
     # 1. photos (or a video's frames) and the output folder, before any work
     t0 = time.perf_counter()

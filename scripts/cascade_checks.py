@@ -30,6 +30,7 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 from flare_nb.eval.evaluate import held_out_seeds, load_flare_for_eval  # noqa: E402
+from flare_nb.inference import native_size_wh  # noqa: E402
 from flare_nb.eval.metrics import pose_l1, pose_metrics  # noqa: E402
 from flare_nb.model.pose_encoding import decode_c2w  # noqa: E402
 from flare_nb.nb.explore import perturbation_response, run_to_stage2  # noqa: E402
@@ -84,7 +85,8 @@ def main(argv=None) -> list[dict]:
     ap.add_argument("--scenes", type=int, default=32, help="held-out scenes per mode")
     ap.add_argument("--mode", choices=("orbit", "forward"), default="orbit")
     ap.add_argument("--views", type=int, default=4)
-    ap.add_argument("--size", type=int, nargs=2, default=(128, 128), metavar=("W", "H"))
+    ap.add_argument("--size", type=int, nargs=2, default=None, metavar=("W", "H"),
+                    help="scene size (default: the model's native size, from its checkpoint; else 128 128)")
     ap.add_argument("--orbit-arc", type=float, nargs=2, default=None, metavar=("LO", "HI"),
                     help="orbit spread in degrees (first to last view); default: the generator's")
     ap.add_argument("--rot-deg", type=float, default=10.0, help="turn of view 1's conditioning pose")
@@ -94,6 +96,7 @@ def main(argv=None) -> list[dict]:
         ap.error("--scenes must be >= 1")
     torch.manual_seed(0)
     model = load_flare_for_eval(a.checkpoint, "tiny", "cpu", 0).eval()
+    a.size = list(a.size) if a.size is not None else list(native_size_wh(model, (128, 128)))
     kw = {} if a.orbit_arc is None or a.mode != "orbit" else {"orbit_arc": tuple(a.orbit_arc)}
     rows = []
     for s in held_out_seeds(a.scenes):

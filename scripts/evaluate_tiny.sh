@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The full evaluation of the shipped tiny FLARE model (notebook 07): held-out synthetic scenes
-# (16 per mode and view count; 2, 4 and 8 views; orbit and forward; 128x128) and the real sample
-# scenes (fountain-P11, flare_gt_cam; up to 8 views at 256x192), FLARE's stage-1 / stage-2 / PnP
+# (16 per mode and view count; 2, 4 and 8 views; orbit and forward; at the checkpoint's native size,
+# e.g. 128x128) and the real sample scenes (fountain-P11, flare_gt_cam; up to 8 views at twice the
+# native width and 1.5 times its height, e.g. 256x192; flare_nb.eval.report.default_sizes), FLARE's stage-1 / stage-2 / PnP
 # cameras and the COLMAP baseline on the same images. About 10 minutes on 2 CPU cores.
 #   bash scripts/evaluate_tiny.sh                                  # -> data/checkpoints/tiny_geometry_eval.md
 #   bash scripts/evaluate_tiny.sh --scenes 4                       # extra arguments go to flare_nb.eval.report

@@ -42,7 +42,7 @@ from flare_nb.eval.baselines import colmap_poses
 from flare_nb.eval.metrics import (pointcloud_metrics, pose_l1, pose_summary,
                                    relative_pose_errors)
 from flare_nb.eval.priors import prior_method
-from flare_nb.inference import load_model, reconstruct
+from flare_nb.inference import load_model, native_size_wh, reconstruct
 from flare_nb.model.config import FlareConfig
 from flare_nb.scenes.preprocess import check_size
 from flare_nb.scenes.scene import Scene
@@ -523,7 +523,8 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
     p.add_argument("--n-views", type=int, default=4)
     p.add_argument("--scenes", type=int, default=10, help="number of held-out scenes per mode")
     p.add_argument("--mode", nargs="+", default=["orbit"], help="orbit and/or forward")
-    p.add_argument("--size", type=int, nargs=2, default=[256, 256], metavar=("W", "H"))
+    p.add_argument("--size", type=int, nargs=2, default=None, metavar=("W", "H"),
+                   help="scene size (default: the FLARE model's native size, from its checkpoint; else 256 256)")
     p.add_argument("--first-seed", type=int, default=HELD_OUT_SEED_START)
     p.add_argument("--opt", nargs="*", default=[], metavar="KEY=VALUE", help="options for the method's factory")
     p.add_argument("--orbit-arc", type=float, nargs=2, default=None, metavar=("LO", "HI"),
@@ -544,6 +545,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
         p.error(f"cannot build method {a.method!r} with options {a.opt}: {e}")
     if a.given_poses and a.method != "flare":
         p.error(f"--given-poses works with --method flare only, got {a.method!r}")
+    size = tuple(a.size) if a.size is not None else native_size_wh(getattr(predict_fn, "model", None), (256, 256))
     methods = [(a.method, predict_fn)]
     if a.priors:
         methods += [(k, METHODS[k](orbit_arc=a.orbit_arc)) for k in ("straight", "constant", "per_view")
@@ -552,12 +554,12 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
     try:
         seeds = held_out_seeds(a.scenes, a.first_seed)
         for name, fn in methods:
-            rows += evaluate_on_synthetic(fn, seeds, a.n_views, tuple(a.size), a.mode, method=name,
+            rows += evaluate_on_synthetic(fn, seeds, a.n_views, size, a.mode, method=name,
                                           orbit_arc=a.orbit_arc)
         given_rows = []
         if a.given_poses:
             given_fn = flare_method(**{**_parse_opts(a.opt), "model": predict_fn.model, "given_poses": True})
-            given_rows = evaluate_on_synthetic(given_fn, seeds, a.n_views, tuple(a.size), a.mode,
+            given_rows = evaluate_on_synthetic(given_fn, seeds, a.n_views, size, a.mode,
                                                method=f"{a.method} (true poses given)", give_poses=True,
                                                orbit_arc=a.orbit_arc)
     except ValueError as e:

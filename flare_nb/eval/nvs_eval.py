@@ -34,6 +34,7 @@ import torch
 from flare_nb.eval.evaluate import (HELD_OUT_SEED_START, format_table,
                                     held_out_seeds, load_flare_for_eval)
 from flare_nb.eval.metrics import psnr, ssim
+from flare_nb.inference import native_size_wh
 from flare_nb.render.splats import gaussians_from_pointmap
 from flare_nb.render.targets import render_targets
 from flare_nb.scenes.preprocess import check_size
@@ -118,7 +119,8 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
     p.add_argument("--n-views", type=int, default=4)
     p.add_argument("--n-targets", type=int, default=2)
     p.add_argument("--modes", nargs="+", default=["orbit", "forward"])
-    p.add_argument("--size", type=int, nargs=2, default=[128, 128], metavar=("W", "H"))
+    p.add_argument("--size", type=int, nargs=2, default=None, metavar=("W", "H"),
+                   help="scene size (default: the NVS model's native size, from its checkpoint; else 128 128)")
     p.add_argument("--out", default=None, help="write the markdown table here")
     p.add_argument("--json", default=None, help="write the rows here")
     a = p.parse_args(argv)
@@ -128,6 +130,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
             raise SystemExit(f"error: checkpoint not found: {path}")
     nvs = load_flare_for_eval(a.nvs_checkpoint, a.nvs_config, "cpu")
     geo = load_flare_for_eval(a.geometry_checkpoint, "tiny", "cpu") if a.geometry_checkpoint else None
+    a.size = list(a.size) if a.size is not None else list(native_size_wh(nvs, (128, 128)))
     rows = evaluate_novel_views(nvs, geo, held_out_seeds(a.scenes), a.n_views, a.n_targets, tuple(a.size), a.modes)
     cols = ["PSNR", "SSIM"] + (["LPIPS"] if any("LPIPS" in r for r in rows) else []) + ["time_s"]
     table = format_table(rows, columns=cols, group_by=("method", "mode", "n_views", "size"))

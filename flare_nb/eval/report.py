@@ -29,9 +29,10 @@ from flare_nb.eval.evaluate import (POSE_SOURCES, colmap_method,
                                     flare_method, format_table, held_out_seeds,
                                     load_flare_for_eval)
 from flare_nb.eval.priors import PRIORS, prior_method
+from flare_nb.inference import native_size_wh
 from flare_nb.scenes.scene import load_scene
 
-__all__ = ["REAL_SCENES", "build_methods", "synthetic_rows", "real_rows", "load_real_scene", "report_markdown",
+__all__ = ["REAL_SCENES", "build_methods", "default_sizes", "synthetic_rows", "real_rows", "load_real_scene", "report_markdown",
            "main"]
 
 #: the shipped real scenes with ground-truth cameras (folders of ``data/real``)
@@ -60,6 +61,16 @@ def build_methods(checkpoint: str = "", sources: Sequence[str] = POSE_SOURCES, c
     if priors:
         out.update({f"prior/{k}": prior_method(k, orbit_arc=orbit_arc) for k in PRIORS})
     return out
+
+
+def default_sizes(native_wh=None) -> tuple[tuple[int, int], tuple[int, int]]:
+    """``(synthetic size, real size)``, both ``(W, H)``, for a model of native size ``native_wh``
+    (W, H; :func:`flare_nb.inference.native_size_wh`; None: 128x128): the synthetic scenes at the
+    native size, the real 4:3 photos at twice its width and 1.5 times its height, each rounded to
+    a multiple of 64 (256x192 for a 128x128 model, 128x128 for a 64x64 one)."""
+    W, H = native_wh or (128, 128)
+    r64 = lambda v: max(64, int(v / 64 + 0.5) * 64)  # noqa: E731
+    return (W, H), (r64(2 * W), r64(1.5 * H))
 
 
 def synthetic_rows(methods: dict, n_views: Sequence[int] = (2, 4, 8), modes: Sequence[str] = ("orbit", "forward"),
@@ -125,8 +136,11 @@ def main(argv: Sequence[str] | None = None) -> str:
     p.add_argument("--scenes", type=int, default=16, help="held-out synthetic scenes per mode and view count")
     p.add_argument("--n-views", type=int, nargs="+", default=[2, 4, 8])
     p.add_argument("--modes", nargs="+", default=["orbit", "forward"])
-    p.add_argument("--size", type=int, nargs=2, default=[128, 128], metavar=("W", "H"), help="synthetic size")
-    p.add_argument("--real-size", type=int, nargs=2, default=[256, 192], metavar=("W", "H"))
+    p.add_argument("--size", type=int, nargs=2, default=None, metavar=("W", "H"),
+                   help="synthetic size (default: the model's native size, from its checkpoint; else 128 128)")
+    p.add_argument("--real-size", type=int, nargs=2, default=None, metavar=("W", "H"),
+                   help="real-scene size (default: 2x the native width, 1.5x its height, multiples of 64; 256 192 "
+                        "for a 128x128 model)")
     p.add_argument("--real-views", type=int, default=8)
     p.add_argument("--no-colmap", action="store_true")
     p.add_argument("--no-priors", action="store_true", help="leave out the blind pose priors")
@@ -140,6 +154,10 @@ def main(argv: Sequence[str] | None = None) -> str:
     methods = build_methods(a.checkpoint, colmap=not a.no_colmap, pnp_iterations=a.pnp_iterations,
                             priors=not a.no_priors, orbit_arc=a.orbit_arc)
     label = next((getattr(f, "weights_label", "") for f in methods.values() if hasattr(f, "weights_label")), "")
+    model = next((f.model for f in methods.values() if hasattr(f, "model")), None)
+    syn_size, real_size = default_sizes(native_size_wh(model))
+    a.size = list(a.size) if a.size is not None else list(syn_size)
+    a.real_size = list(a.real_size) if a.real_size is not None else list(real_size)
     syn = synthetic_rows(methods, a.n_views, a.modes, a.scenes, a.size, progress=print, orbit_arc=a.orbit_arc)
     real = real_rows(methods, REAL_SCENES, a.real_size, a.real_views, progress=print)
     cmd = "python -m flare_nb.eval_report " + " ".join(argv if argv is not None else __import__("sys").argv[1:])

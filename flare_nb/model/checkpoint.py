@@ -19,6 +19,17 @@ The kind of a checkpoint is ``"nvs"`` when it holds any NVS-only key (``NVS_ONLY
 it must equal the model's ``cfg.kind``.
 Alias pairs (``...layer{k}_rn.weight`` / ``...layer_rn.{k-1}.weight``) may appear once or twice.
 
+Shipped checkpoints describe themselves (``SHIPPED_FORMAT``)::
+
+    {"format": "flare_nb.shipped/1", "model": state_dict,
+     "model_config": FlareConfig.to_dict() (tuples as lists), "image_size": [H, W]}
+
+only dicts, lists, ints, floats and strings beside the tensors, so ``torch.load(weights_only=True)``
+reads them. :func:`read_checkpoint_info` returns that description (a ``CheckpointInfo``), also for
+a ``flare_nb.train`` checkpoint (its ``model_config`` and ``config.data.size``, which is (W, H)); files without one
+(the released weights, older shipped files) give ``None``. The native ``image_size`` is what the
+model was trained at; every consumer of a shipped model uses it when no size is given.
+
 Files hold the released names. ``FlareModel`` nests its parameters by stage
 (``encoder.enc_blocks.0...``); :func:`released_state_dict` is the one place where our names
 meet the released ones (``FlareModel.released_names()``, generated from the module tree), so
@@ -32,10 +43,12 @@ from pathlib import Path
 
 import torch
 
+from flare_nb.model.config import FlareConfig
 from flare_nb.model.flare import omitted_key_prefixes
 from flare_nb.model.reference import ALIASES
 
-__all__ = ["CheckpointError", "LoadReport", "read_state_dict", "detect_kind", "check_state_dict",
+__all__ = ["CheckpointError", "LoadReport", "CheckpointInfo", "SHIPPED_FORMAT", "TRAIN_FORMAT",
+           "read_checkpoint_info", "checkpoint_info_from", "read_state_dict", "detect_kind", "check_state_dict",
            "load_flare_checkpoint", "save_flare_checkpoint", "released_state_dict", "NVS_ONLY_KEYS", "GEOMETRY_ONLY_KEYS"]
 
 #: key prefixes that only the released NVS model has / only the geometry model has
@@ -43,6 +56,98 @@ NVS_ONLY_KEYS = ("patch_embed_fine.", "decoder_embed_stage2.", "decoder_embed_fx
 GEOMETRY_ONLY_KEYS = ("patch_embed_coarse.",)
 _ALLOWED_DTYPES = (torch.float32, torch.bfloat16)
 _PARTNER = {**{a: b for a, b in ALIASES}, **{b: a for a, b in ALIASES}}
+
+
+#: the ``format`` of a self-describing shipped checkpoint; of a training checkpoint (flare_nb.train.state)
+SHIPPED_FORMAT = "flare_nb.shipped/1"
+TRAIN_FORMAT = "flare_nb.train/1"
+
+
+@dataclass(frozen=True)
+class CheckpointInfo:
+    """What a self-describing checkpoint says about itself: the ``FlareConfig`` its weights
+    belong to, its native input size ``image_size = (H, W)`` (None only for a training
+    checkpoint without ``config.data.size``) and its ``format``."""
+
+    model_config: FlareConfig
+    image_size: tuple[int, int] | None
+    format: str
+
+
+def _plain(v):
+    """Tuples as lists (recursively): the shipped file holds only plain Python values."""
+    if isinstance(v, (tuple, list)):
+        return [_plain(x) for x in v]
+    if isinstance(v, dict):
+        return {str(k): _plain(x) for k, x in v.items()}
+    return v
+
+
+def _config_from_dict(d, where: str) -> FlareConfig:
+    if not isinstance(d, dict):
+        raise CheckpointError(f"{where}: model_config must be a dict of FlareConfig fields, got "
+                              f"{type(d).__name__}; export the checkpoint again with scripts/export_checkpoint.py")
+    known = set(FlareConfig.__dataclass_fields__)
+    unknown = sorted(str(k) for k in d if k not in known)
+    if unknown:
+        raise CheckpointError(f"{where}: model_config has unknown fields {', '.join(unknown[:5])}; export the "
+                              "checkpoint again with scripts/export_checkpoint.py")
+    try:
+        return FlareConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{where}: model_config is not valid ({_first_words(e, 25)}); export the "
+                              "checkpoint again with scripts/export_checkpoint.py") from None
+
+
+def _check_image_size(size, cfg: FlareConfig, where: str) -> tuple[int, int]:
+    ok = (isinstance(size, (list, tuple)) and len(size) == 2
+          and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size))
+    if not ok:
+        raise CheckpointError(f"{where}: image_size must be [H, W], two positive ints, got {size!r}; export the "
+                              "checkpoint again with scripts/export_checkpoint.py")
+    H, W = int(size[0]), int(size[1])
+    if H % cfg.multiple or W % cfg.multiple:
+        raise CheckpointError(f"{where}: image_size {H}x{W} (HxW) is not a multiple of the model's "
+                              f"{cfg.multiple} px (patch {cfg.patch_size} x coarse stride {cfg.coarse_stride}); "
+                              "export the checkpoint again with scripts/export_checkpoint.py")
+    return H, W
+
+
+def checkpoint_info_from(obj, where: str = "checkpoint") -> CheckpointInfo | None:
+    """The ``CheckpointInfo`` of a loaded checkpoint object (shipped or ``flare_nb.train``), ``None``
+    for one without a description (a bare state dict, ``{'model': sd}``). ``CheckpointError``
+    (one line naming ``where`` and the field) when a description is there but wrong."""
+    if not isinstance(obj, dict) or not any(k in obj for k in ("format", "model_config", "image_size")):
+        return None
+    fmt = obj.get("format")
+    if fmt == TRAIN_FORMAT:
+        cfg = _config_from_dict(obj.get("model_config"), where)
+        data = obj.get("config", {}).get("data", {}) if isinstance(obj.get("config"), dict) else {}
+        wh = data.get("size") if isinstance(data, dict) else None       # the training config's order: (W, H)
+        if wh is None:                                                   # a run without data settings
+            return CheckpointInfo(cfg, None, fmt)
+        hw = [wh[1], wh[0]] if isinstance(wh, (list, tuple)) and len(wh) == 2 else wh
+        return CheckpointInfo(cfg, _check_image_size(hw, cfg, f"{where} (config.data.size, W x H)"), fmt)
+    if fmt != SHIPPED_FORMAT:
+        raise CheckpointError(f"{where}: unknown checkpoint format {fmt!r} (expected {SHIPPED_FORMAT!r}); export it "
+                              "again with scripts/export_checkpoint.py, or keep only {'model': state_dict}")
+    missing = [k for k in ("model_config", "image_size") if k not in obj]
+    if missing:
+        raise CheckpointError(f"{where}: a {SHIPPED_FORMAT} checkpoint without {' and '.join(missing)}; export it "
+                              "again with scripts/export_checkpoint.py")
+    cfg = _config_from_dict(obj["model_config"], where)
+    return CheckpointInfo(cfg, _check_image_size(obj["image_size"], cfg, where), fmt)
+
+
+def read_checkpoint_info(path) -> CheckpointInfo | None:
+    """``CheckpointInfo`` of the ``.pth``/``.pt`` file ``path`` (memory-mapped, the tensors are not
+    read), ``None`` for files without one (``.safetensors``, released weights, older shipped files)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    if path.suffix.lower() not in (".pth", ".pt", ".bin"):
+        return None
+    return checkpoint_info_from(_torch_load_tensors(path), str(path))
 
 
 def released_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -211,17 +316,33 @@ def load_flare_checkpoint(model: torch.nn.Module, path, strict: bool = True) -> 
     return LoadReport(str(path), detect_kind(sd), n, dtypes, skipped, missing, unexpected)
 
 
-def save_flare_checkpoint(model_or_sd, path, dtype: torch.dtype | None = None, wrap: bool = True) -> Path:
+def save_flare_checkpoint(model_or_sd, path, dtype: torch.dtype | None = None, wrap: bool = True,
+                          model_config=None, image_size=None) -> Path:
     """Save a state dict (of a model, under the released names; or a dict as it is) to
     ``.safetensors`` or ``.pth``.
 
     ``dtype`` (float32 / bfloat16) casts floating tensors. ``.pth`` files hold
     ``{"model": sd}`` when ``wrap`` (the released layout), else the bare state dict. Alias
     names are written as separate copies (safetensors cannot store shared tensors).
+
+    ``model_config`` (a ``FlareConfig`` or its ``to_dict()``) with ``image_size`` ``(H, W)``, the
+    size the weights were trained at, writes a self-describing ``.pth``/``.pt`` file
+    (``SHIPPED_FORMAT``, module docstring); both are checked before anything is written.
     """
     sd = released_state_dict(model_or_sd) if isinstance(model_or_sd, torch.nn.Module) else dict(model_or_sd)
     if dtype is not None and dtype not in _ALLOWED_DTYPES:
         raise ValueError(f"dtype must be torch.float32 or torch.bfloat16, got {dtype}")
+    meta = None
+    if model_config is not None or image_size is not None:
+        if model_config is None or image_size is None:
+            raise ValueError("save_flare_checkpoint: model_config and image_size go together (a self-describing "
+                             "checkpoint needs both)")
+        if Path(path).suffix.lower() not in (".pth", ".pt") or not wrap:
+            raise ValueError(f"save_flare_checkpoint: a self-describing checkpoint is a wrapped .pth/.pt file, "
+                             f"got {Path(path).name} (wrap={wrap})")
+        mc = model_config.to_dict() if isinstance(model_config, FlareConfig) else model_config
+        meta = {"format": SHIPPED_FORMAT, "model_config": _plain(mc), "image_size": _plain(image_size)}
+        checkpoint_info_from(meta, f"save_flare_checkpoint({Path(path).name})")     # refuse before writing
     out = {}
     for k, v in sd.items():
         v = v.detach().to("cpu")
@@ -234,7 +355,7 @@ def save_flare_checkpoint(model_or_sd, path, dtype: torch.dtype | None = None, w
         from safetensors.torch import save_file
         save_file(out, str(path))
     elif path.suffix.lower() in (".pth", ".pt"):
-        torch.save({"model": out} if wrap else out, path)
+        torch.save({**(meta or {}), "model": out} if wrap else out, path)
     else:
         raise ValueError(f"unknown checkpoint format {path.suffix!r} ({path}); use .safetensors or .pth")
     return path

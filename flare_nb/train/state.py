@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from flare_nb.model.checkpoint import CheckpointError, checkpoint_info_from
 from flare_nb.model.config import FlareConfig
 from flare_nb.model.flare import FlareModel
 
@@ -54,13 +55,19 @@ def load_checkpoint(path) -> dict:
 
 
 def load_trained_model(path, device="cpu"):
-    """``FlareModel`` with the weights of a training checkpoint (eval mode), for notebooks."""
-
+    """``FlareModel`` with the weights of a training checkpoint (eval mode), for notebooks;
+    ``model.native_size`` is the run's ``data.size`` as ``(H, W)`` (None when the run has none)."""
     ck = load_checkpoint(path)
     mc = {k: tuple(v) if isinstance(v, list) else v for k, v in ck["model_config"].items()}
     model = FlareModel(FlareConfig(**mc))
     model.load_released_state_dict(ck["model"])
-    return model.to(device).eval()
+    try:
+        native = checkpoint_info_from(ck, str(path)).image_size
+    except CheckpointError:
+        native = None
+    model = model.to(device).eval()
+    model.native_size = native
+    return model
 
 
 def rng_state() -> dict:
