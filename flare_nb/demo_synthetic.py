@@ -32,6 +32,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
@@ -246,7 +247,7 @@ def save_comparison_figure(path, scenes: list[dict]) -> Path:
 
 
 # ----------------------------------------------------------------------------- the demo
-def _model_size(checkpoint, config, model_kind, device):
+def _model_size(checkpoint, config, model_kind):
     """The working size ``(W, H)`` of the model the demo will run (read from the loaded model)."""
     if model_kind != "geometry":
         return default_size(config if isinstance(config, str) else "tiny")
@@ -320,9 +321,12 @@ def run_synthetic_demo(out, scene_seed=SCENE_SEED, views: int = DEMO_VIEWS, size
     out = Path(out)
     folder = StagedOutput(out, force)
     folder.check(_planned(seed, views, kw.get("render", True)))
-    size = _model_size(checkpoint, config, model, device) if size is None else check_size(tuple(size))
+    size = _model_size(checkpoint, config, model) if size is None else check_size(tuple(size))
     Wd, Hd = size
     ref = 0 if str(ref_view) == "auto" else ref_view
+    for old in folder.leftovers():
+        print(f"flare-nb: warning: {old} is the INCOMPLETE output of an interrupted run (not used); delete it",
+              file=sys.stderr, flush=True)
     stage = folder.begin()
     tmp = Path(tempfile.mkdtemp(prefix="flare-nb-demo-scenes-"))
     try:
@@ -332,9 +336,9 @@ def run_synthetic_demo(out, scene_seed=SCENE_SEED, views: int = DEMO_VIEWS, size
                  f"{views} views rendered at {Wd}x{Hd} ==")
             scene = make_scene(seed, views, (Wd, Hd), mode)
             photos = _scene_files(scene, mode, seed, tmp / mode)
-            res = reconstruct_to_folder(photos, stage / mode, checkpoint=checkpoint, config=config, size=size,
-                                        device=device, ref_view=ref, force=False, model=model,
-                                        title=f"flare-nb demo: synthetic {mode} scene, seed {seed} (held out)", **kw)
+            reconstruct_to_folder(photos, stage / mode, checkpoint=checkpoint, config=config, size=size,
+                                  device=device, ref_view=ref, force=False, model=model,
+                                  title=f"flare-nb demo: synthetic {mode} scene, seed {seed} (held out)", **kw)
             (stage / mode / MANIFEST).unlink(missing_ok=True)         # one manifest, for the whole --out
             cams = json.loads((stage / mode / "cameras.json").read_text())
             gt = _ground_truth(scene, cams, stage / mode)
