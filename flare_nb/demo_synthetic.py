@@ -137,7 +137,8 @@ def comparison_markdown(scenes: list[dict]) -> str:
         V = len(sc["rows"][0]["rot_err_deg"]) + 1
         L += [f"### {sc['mode']} scene, seed {sc['seed']} ({V} views, {sc['size'][0]}x{sc['size'][1]})", "",
               "Rotation / translation error in degrees of each view against view 0; AUC@30 over all view "
-              "pairs (higher is better), pose L1 (lower is better).", "",
+              "pairs (higher is better), pose L1 (lower is better). The model's cameras (`cameras.json`): "
+              f"{sc['pose_source']}.", "",
               "| cameras | " + " | ".join(f"view {i}" for i in range(1, V)) + " | mean | AUC@30 | pose L1 |",
               "|---|" + "---|" * (V + 2)]
         for r in sc["rows"]:
