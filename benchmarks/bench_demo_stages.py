@@ -3,7 +3,7 @@
     python benchmarks/bench_demo_stages.py [--repeat 1] [-- extra flare-nb demo options]
 
 Runs :func:`flare_nb.pipeline.reconstruct_to_folder` on the bundled room photos exactly as
-``flare-nb demo`` does (default options), into a temporary folder, and prints the table of
+``flare-nb demo --real`` does (default options), into a temporary folder, and prints the table of
 ``result["timings"]`` (the stages the command prints itself) with each stage's share of the
 total wall time. ``--repeat N`` runs it N times and prints the median of each stage. Extra
 options after ``--`` are passed on (e.g. ``-- --pnp-iterations 10000 --views 4``).
@@ -38,7 +38,7 @@ def run_once(extra: list[str]) -> dict:
         try:
             buf = io.StringIO()
             with contextlib.redirect_stdout(buf):
-                rc = cli.main(["demo", "--out", str(out), *extra])
+                rc = cli.main(["demo", "--real", "--out", str(out), *extra])
         finally:
             pipeline.reconstruct_to_folder = real
         if rc != 0:

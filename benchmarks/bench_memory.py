@@ -76,7 +76,7 @@ def main(argv=None) -> int:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        rows.append(("demo (8 room photos -> 128x128)", _run_reaped(["demo", "--out", tmp / "demo"] + extra,
+        rows.append(("demo (8 room photos -> 128x128)", _run_reaped(["demo", "--real", "--out", tmp / "demo"] + extra,
                                                                      args.threads)))
         print(f"demo: {rows[-1][1]}", flush=True)
         t0 = time.perf_counter()

@@ -111,7 +111,7 @@ def main(argv=None) -> int:
         if page is None:
             out = Path(tmp) / "demo"
             env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-            r = subprocess.run([sys.executable, "-m", "flare_nb.cli", "demo", "--views", "2", "--size", "64x64",
+            r = subprocess.run([sys.executable, "-m", "flare_nb.cli", "demo", "--real", "--views", "2", "--size", "64x64",
                                 "--pnp-iterations", "50", "--no-render", "--out", str(out)],
                                capture_output=True, text=True, env=env, cwd=REPO)
             if r.returncode != 0:

@@ -2,7 +2,8 @@
 
 ::
 
-    flare-nb demo [--out flare_nb_demo]          # the bundled room scene (data/real/room)
+    flare-nb demo [--out flare_nb_demo] [--scene-seed 1000000]   # held-out synthetic scenes + ground truth
+    flare-nb demo --real                         # the bundled room photos (data/real/room)
     flare-nb reconstruct PHOTOS_OR_FOLDER --out DIR [--checkpoint PATH] [--config tiny|official_geometry]
              [--size 512x384] [--device auto] [--ref-view auto|N|NAME] [--conf-threshold Q] [--force]
 
@@ -96,9 +97,15 @@ def build_parser() -> argparse.ArgumentParser:
                        "into --out (listed in its .flare-nb-manifest.json); other files are never touched")
         _output_group(q)
 
-    d = sub.add_parser("demo", help="reconstruct the bundled room scene (data/real/room)", epilog=EXIT_CODES_HELP)
+    d = sub.add_parser("demo", help="the tiny model on held-out synthetic scenes beside their ground truth "
+                       "(flare_nb.demo_synthetic); --real: the bundled room photos", epilog=EXIT_CODES_HELP)
     common(d, "flare_nb_demo")
-    d.add_argument("--views", type=int, default=DEMO_VIEWS, help=f"how many of the 8 room photos (default {DEMO_VIEWS})")
+    d.add_argument("--views", type=int, default=None, help="views per synthetic scene (2-8, default 4), or with "
+                   f"--real how many of the 8 room photos (default {DEMO_VIEWS})")
+    d.add_argument("--real", action="store_true", help="reconstruct the bundled real room photos (data/real/room) "
+                   "instead: outside the tiny model's domain (synthetic training scenes)")
+    d.add_argument("--scene-seed", default=None, metavar="SEED", help="seed of the held-out synthetic scenes "
+                   "(>= 1000000, which training never uses; default 1000000): one forward walk and one orbit")
     r = sub.add_parser("reconstruct", help="reconstruct your own photos", epilog=EXIT_CODES_HELP)
     r.add_argument("images", nargs="+", help="a folder of photos, 2-16 image files, or one video file")
     r.add_argument("--poses", default=None, metavar="FILE",
@@ -183,8 +190,21 @@ def _main(argv=None) -> int:
                   pnp_iterations=args.pnp_iterations, render=not args.no_render,
                   model=args.model, dtype=args.dtype, geometry_checkpoint=args.geometry_checkpoint)
         kw["size"] = None if args.size is None else parse_size(args.size)
-        if args.command == "demo":
+        if args.command == "demo" and not args.real:
+            from flare_nb.demo_synthetic import DEMO_VIEWS as SYNTHETIC_VIEWS
+            from flare_nb.demo_synthetic import SCENE_SEED, run_synthetic_demo
+
+            run_synthetic_demo(args.out, SCENE_SEED if args.scene_seed is None else args.scene_seed,
+                               SYNTHETIC_VIEWS if args.views is None else args.views, **kw)
+        elif args.command == "demo":
             room = data_dir() / "real" / "room"
+            if args.scene_seed is not None:
+                raise ValueError("--scene-seed chooses the synthetic scenes; --real uses the bundled room photos")
+            args.views = DEMO_VIEWS if args.views is None else args.views
+            if args.config == "tiny":
+                from flare_nb.demo_synthetic import REAL_PHOTOS_NOTE
+
+                print(f"flare-nb: note: {REAL_PHOTOS_NOTE}", flush=True)
             if not 2 <= args.views <= 8:
                 raise ValueError(f"--views must be between 2 and 8 (the room scene has 8 photos), got {args.views}")
             photos = sorted(p for p in room.iterdir() if p.suffix.lower() in (".jpg", ".png"))[:args.views]

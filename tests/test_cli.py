@@ -163,7 +163,7 @@ def test_ref_view_given_by_index_and_force(tmp_path, capsys):
 
 
 def test_demo_runs(tmp_path, capsys):
-    rc, out, err = _run(["demo", "--out", tmp_path / "demo", "--views", "3", "--pnp-iterations", "20"], capsys)
+    rc, out, err = _run(["demo", "--real", "--out", tmp_path / "demo", "--views", "3", "--pnp-iterations", "20"], capsys)
     assert rc == 0, err
     doc = json.loads((tmp_path / "demo" / "cameras.json").read_text())
     assert len(doc["views"]) == 3 and (doc["width"], doc["height"]) == pipeline.default_size("tiny")

@@ -32,7 +32,8 @@ def nvs_run(tmp_path_factory):
     n = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        rc = cli.main(["demo", "--model", "nvs", "--views", str(V), "--size", "64x64", "--pnp-iterations", "50",
+        rc = cli.main(["demo", "--real", "--model", "nvs", "--views", str(V), "--size", "64x64",
+                       "--pnp-iterations", "50",
                        "--out", str(out)])
     finally:
         torch.set_num_threads(n)
