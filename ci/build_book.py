@@ -9,7 +9,6 @@ ipywidgets panels show their first drawing from the saved widget state (ci/book_
 from __future__ import annotations
 
 import argparse
-import html
 import json
 import re
 import shutil

@@ -25,7 +25,7 @@ import torch
 from flare_nb.export import colored_points, confident_mask
 from flare_nb.render.ply import load_gaussians_ply, load_points_ply
 from flare_nb.scenes.preprocess import (check_one_orientation, load_image,
-                                        load_images, oriented_size)
+                                        load_images)
 from flare_nb.scenes.scene import load_colmap, load_nerf
 from flare_nb.viz import plot_cameras
 from flare_nb.panel import figure_panel
