@@ -9,8 +9,8 @@
 #   bash scripts/train_tiny64.sh            # all three, then the exports
 set -euo pipefail
 cd "$(dirname "$0")/.."
-STOP2="${STOP2:-__STOP2__}"
-NVS_FROM="${NVS_FROM:-__NVSFROM__}"
+STOP2="${STOP2:-4500}"
+NVS_FROM="${NVS_FROM:-3000}"
 NVS_STEPS="${NVS_STEPS:-1000}"
 python -m flare_nb.train --config configs/tiny64_phase1.yaml --stop-at 4000
 # phase 2 starts from phase 1's weights at step 4000 (init_from: runs/tiny64_phase1/checkpoint.pt);

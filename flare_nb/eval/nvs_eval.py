@@ -58,13 +58,14 @@ def _scores(pred: torch.Tensor, target: torch.Tensor, lpips=None) -> dict:
 @torch.no_grad()
 def evaluate_novel_views(nvs_model=None, geometry_model=None, seeds: Sequence[int] = (1_000_000,), n_views: int = 4,
                          n_targets: int = 2, size=(128, 128), modes: Sequence[str] = ("orbit", "forward"),
-                         lpips=None, device="cpu") -> list[dict]:
+                         lpips=None, device="cpu", orbit_arc=None) -> list[dict]:
     """One row per (scene, method): ``{"method", "mode", "n_views", "size", "seed", "PSNR",
     "SSIM"[, "LPIPS"], "time_s"}`` averaged over the scene's target views.
 
     ``nvs_model``: a ``FlareModel`` of kind ``"nvs"`` (or None to skip ``flare-nvs``);
     ``geometry_model``: kind ``"geometry"`` (or None to skip ``pointmap-splats``);
-    ``nearest-view`` always runs. Scenes of every mode in ``modes`` for every seed.
+    ``nearest-view`` always runs. Scenes of every mode in ``modes`` for every seed;
+    ``orbit_arc`` ``(lo, hi)`` degrees sets the orbit spread (None: the generator's default).
     """
 
     if nvs_model is not None and nvs_model.cfg.kind != "nvs":
@@ -78,7 +79,8 @@ def evaluate_novel_views(nvs_model=None, geometry_model=None, seeds: Sequence[in
     rows = []
     for mode in modes:
         for seed in seeds:
-            scene = make_scene(int(seed), n_views + n_targets, (W, H), mode)
+            kw = {"orbit_arc": tuple(orbit_arc)} if orbit_arc is not None and mode == "orbit" else {}
+            scene = make_scene(int(seed), n_views + n_targets, (W, H), mode, **kw)
             s = as_sample(scene, scene.source, n_views, torch.Generator(), n_targets)
             s = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in s.items()}
             tgt = s["target_images"]
@@ -121,6 +123,8 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
     p.add_argument("--modes", nargs="+", default=["orbit", "forward"])
     p.add_argument("--size", type=int, nargs=2, default=None, metavar=("W", "H"),
                    help="scene size (default: the NVS model's native size, from its checkpoint; else 128 128)")
+    p.add_argument("--orbit-arc", type=float, nargs=2, default=None, metavar=("LO", "HI"),
+                   help="orbit spread in degrees, first to last view (default: the generator's 40 200)")
     p.add_argument("--out", default=None, help="write the markdown table here")
     p.add_argument("--json", default=None, help="write the rows here")
     a = p.parse_args(argv)
@@ -131,7 +135,8 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
     nvs = load_flare_for_eval(a.nvs_checkpoint, a.nvs_config, "cpu")
     geo = load_flare_for_eval(a.geometry_checkpoint, "tiny", "cpu") if a.geometry_checkpoint else None
     a.size = list(a.size) if a.size is not None else list(native_size_wh(nvs, (128, 128)))
-    rows = evaluate_novel_views(nvs, geo, held_out_seeds(a.scenes), a.n_views, a.n_targets, tuple(a.size), a.modes)
+    rows = evaluate_novel_views(nvs, geo, held_out_seeds(a.scenes), a.n_views, a.n_targets, tuple(a.size), a.modes,
+                                orbit_arc=a.orbit_arc)
     cols = ["PSNR", "SSIM"] + (["LPIPS"] if any("LPIPS" in r for r in rows) else []) + ["time_s"]
     table = format_table(rows, columns=cols, group_by=("method", "mode", "n_views", "size"))
     cmd = "python -m flare_nb.nvs_eval " + " ".join(argv if argv is not None else sys.argv[1:])
