@@ -2,7 +2,7 @@
 
 The tiny model was trained on small procedural scenes (:mod:`flare_nb.scenes.synthetic`), so that
 is where its output means something. :func:`run_synthetic_demo` renders one forward walk and one
-orbit of a held-out seed (``>= HELD_OUT_SEED_START``, which training never uses) at the model's
+orbit (of the 20-90 degree spread the model was trained on, :data:`DEMO_ORBIT_ARC`) of a held-out seed (``>= HELD_OUT_SEED_START``, which training never uses) at the model's
 working size, runs the usual reconstruction (:func:`flare_nb.pipeline.reconstruct_to_folder`) on
 the rendered images and writes, into one ``--out`` folder::
 
@@ -55,9 +55,10 @@ from flare_nb.viz import frustum_points
 
 __all__ = ["run_synthetic_demo", "check_scene_seed", "working_size", "per_view_errors", "camera_rows",
            "comparison_markdown", "save_comparison_figure", "DEMO_MODES", "DEMO_VIEWS", "SCENE_SEED",
-           "PRIOR_FIT_SCENES", "REAL_PHOTOS_NOTE", "MAX_SEED", "figure_scale"]
+           "PRIOR_FIT_SCENES", "DEMO_ORBIT_ARC", "REAL_PHOTOS_NOTE", "MAX_SEED", "figure_scale"]
 
 DEMO_MODES = ("forward", "orbit")
+DEMO_ORBIT_ARC = (20.0, 90.0)    # degrees, first to last orbit view: the spread the shipped tiny model was trained on
 DEMO_VIEWS = 4
 SCENE_SEED = HELD_OUT_SEED_START
 MAX_SEED = 2 ** 63 - 1
@@ -335,7 +336,8 @@ def run_synthetic_demo(out, scene_seed=SCENE_SEED, views: int = DEMO_VIEWS, size
         for mode in DEMO_MODES:
             _say(f"== {mode} scene, seed {seed} (held out: training uses seeds below {HELD_OUT_SEED_START}), "
                  f"{views} views rendered at {Wd}x{Hd} ==")
-            scene = make_scene(seed, views, (Wd, Hd), mode)
+            arc = {"orbit_arc": DEMO_ORBIT_ARC} if mode == "orbit" else {}
+            scene = make_scene(seed, views, (Wd, Hd), mode, **arc)
             photos = _scene_files(scene, mode, seed, tmp / mode)
             reconstruct_to_folder(photos, stage / mode, checkpoint=checkpoint, config=config, size=size,
                                   device=device, ref_view=ref, force=False, model=model,
@@ -343,7 +345,7 @@ def run_synthetic_demo(out, scene_seed=SCENE_SEED, views: int = DEMO_VIEWS, size
             (stage / mode / MANIFEST).unlink(missing_ok=True)         # one manifest, for the whole --out
             cams = json.loads((stage / mode / "cameras.json").read_text())
             gt = _ground_truth(scene, cams, stage / mode)
-            fitted = fit_synthetic_priors(mode, views, PRIOR_FIT_SCENES, 0)
+            fitted = fit_synthetic_priors(mode, views, PRIOR_FIT_SCENES, 0, **arc)
             rows = camera_rows(cams, gt["c2w_gt"], fitted)
             P_pred = load_points_ply(stage / mode / "points.ply")["points"].double()
             scale = figure_scale(P_pred, gt["points_gt"])

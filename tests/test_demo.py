@@ -87,7 +87,8 @@ def test_ground_truth_is_the_generators_cameras(demo):
     for mode in demo_synthetic.DEMO_MODES:
         gt = _c2w(demo["out"] / mode / "ground_truth" / "cameras.json")
         assert json.loads((demo["out"] / mode / "cameras.json").read_text())["order"] == list(range(V))
-        c2w = make_cameras(SEED, V, mode).double().numpy()
+        arc = {"orbit_arc": demo_synthetic.DEMO_ORBIT_ARC} if mode == "orbit" else {}
+        c2w = make_cameras(SEED, V, mode, **arc).double().numpy()
         rel = np.linalg.inv(c2w[0]) @ c2w
         # float32 cameras of a scene a few metres across: 1e-5 m is a few float32 ulps of the coordinates
         np.testing.assert_allclose(gt, rel, atol=1e-5)
