@@ -163,8 +163,9 @@ def test_input_errors(model, images):
         reconstruct(model, [images[0], torch.rand(3, 128, 64)], device="cpu")
     with pytest.raises(ValueError, match="multiple of 64"):
         reconstruct(model, images, size=(100, 64), device="cpu")
-    with pytest.raises(ValueError, match="multiple of 32"):
-        reconstruct(model, torch.rand(2, 3, 48, 64), device="cpu")
+    m = model.cfg.multiple                      # 32 for patch 16, 16 for the shipped patch-8 model
+    with pytest.raises(ValueError, match=f"multiple of {m}"):
+        reconstruct(model, torch.rand(2, 3, m + m // 2, 2 * m), device="cpu")
     with pytest.raises(ValueError, match="uint8"):
         reconstruct(model, (images * 255).to(torch.uint8), device="cpu")
     with pytest.raises(TypeError, match="FlareModel"):
