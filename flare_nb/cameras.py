@@ -14,8 +14,9 @@ pointmap        ``(H, W, 3)``, ``X = depth * K^-1 [u, v, 1]^T``
 ==============  ==========================================================================
 
 All functions take torch tensors, are batched over leading dimensions and keep the dtype
-(float32 / float64) and device of their input. Rotation maths uses ``roma`` (which stores
-quaternions as XYZW: the conversion to our WXYZ happens here and only here); PnP uses
+(float32 / float64) and device of their input. Quaternions are WXYZ everywhere; the two
+conversions are our own (equal bit for bit to ``roma``'s, which the tests use as the oracle),
+registration uses ``roma``; PnP uses
 OpenCV's ``solvePnPRansac`` with SQPnP as FLARE's demo does.
 """
 from __future__ import annotations
@@ -81,43 +82,38 @@ def opencv_to_opengl(c2w: torch.Tensor) -> torch.Tensor:
     return opengl_to_opencv(c2w)
 
 
-def _roma():
-    """The roma package, or None where it is not installed (a bare training machine): the two
-    conversions below then use :func:`_unitquat_to_matrix` / :func:`_matrix_to_unitquat`."""
-    try:
-        import roma
-    except ImportError:
-        return None
-    return roma
-
-
 def _unitquat_to_matrix(q: torch.Tensor) -> torch.Tensor:
-    """Rotation matrices ``(..., 3, 3)`` from unit quaternions ``(..., 4)`` ``(w, x, y, z)``."""
+    """Rotation matrices ``(..., 3, 3)`` from unit quaternions ``(..., 4)`` ``(w, x, y, z)`` (not
+    normalised here). Diagonal ``w^2 + x^2 - y^2 - z^2`` etc., off-diagonal ``2 (xy - wz)`` etc.,
+    each evaluated in one fixed order (the order of SciPy's and roma's implementations, so the
+    result equals theirs bit for bit: ``tests/test_train_gpu.py``)."""
     w, x, y, z = q.unbind(-1)
-    rows = [1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
-            2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
-            2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)]
+    xx, yy, zz, ww = x * x, y * y, z * z, w * w
+    xy, wz, xz, wy, yz, wx = x * y, z * w, x * z, y * w, y * z, x * w
+    rows = (xx - yy - zz + ww, 2 * (xy - wz), 2 * (xz + wy),
+            2 * (xy + wz), -xx + yy - zz + ww, 2 * (yz - wx),
+            2 * (xz - wy), 2 * (yz + wx), -xx - yy + zz + ww)
     return torch.stack(rows, -1).reshape(*q.shape[:-1], 3, 3)
 
 
 def _matrix_to_unitquat(R: torch.Tensor) -> torch.Tensor:
-    """Unit quaternions ``(..., 4)`` ``(w, x, y, z)`` (either sign) of rotations ``(..., 3, 3)``:
-    of the four ways to read ``q`` off ``R``, the one dividing by the largest of ``4 w^2, 4 x^2,
-    4 y^2, 4 z^2`` (well conditioned for every rotation)."""
-    m = R
-    tr = m[..., 0, 0] + m[..., 1, 1] + m[..., 2, 2]
-    d = torch.stack([tr, m[..., 0, 0], m[..., 1, 1], m[..., 2, 2]], -1)
-    cand = torch.stack([
-        torch.stack([1 + tr, m[..., 2, 1] - m[..., 1, 2], m[..., 0, 2] - m[..., 2, 0], m[..., 1, 0] - m[..., 0, 1]], -1),
-        torch.stack([m[..., 2, 1] - m[..., 1, 2], 1 + 2 * m[..., 0, 0] - tr, m[..., 0, 1] + m[..., 1, 0],
-                     m[..., 0, 2] + m[..., 2, 0]], -1),
-        torch.stack([m[..., 0, 2] - m[..., 2, 0], m[..., 0, 1] + m[..., 1, 0], 1 + 2 * m[..., 1, 1] - tr,
-                     m[..., 1, 2] + m[..., 2, 1]], -1),
-        torch.stack([m[..., 1, 0] - m[..., 0, 1], m[..., 0, 2] + m[..., 2, 0], m[..., 1, 2] + m[..., 2, 1],
-                     1 + 2 * m[..., 2, 2] - tr], -1)], -2)                       # (..., 4, 4): 4 q * q_k
-    k = d.argmax(-1, keepdim=True)
-    q = cand.gather(-2, k[..., None].expand(*k.shape, 4)).squeeze(-2)
-    return q / q.norm(dim=-1, keepdim=True)
+    """Unit quaternions ``(..., 4)`` ``(w, x, y, z)`` (either sign) of rotations ``(..., 3, 3)``.
+
+    Shepperd's method in Markley's form (J. Guid. Control Dyn. 31(2), 2008): the four vectors
+    ``4 q_k q`` are read off ``R`` (the rows of the symmetric matrix ``4 q q^T``), and the one with
+    the largest ``4 q_k^2`` -- well conditioned for every rotation -- is normalised. Each entry is
+    evaluated in the same order as roma's implementation, so the two agree bit for bit."""
+    r = R.transpose(-1, -2)                      # Markley's attitude matrix A = R^T; a_ij = r[i-1, j-1]
+    (a11, a12, a13), (a21, a22, a23), (a31, a32, a33) = (row.unbind(-1) for row in r.unbind(-2))
+    # 4 q q^T in (x, y, z, w) order, row by row
+    outer = torch.stack([1 + a11 - a22 - a33, a12 + a21, a13 + a31, a23 - a32,
+                         a21 + a12, 1 + a22 - a33 - a11, a23 + a32, a31 - a13,
+                         a31 + a13, a32 + a23, 1 + a33 - a11 - a22, a12 - a21,
+                         a23 - a32, a31 - a13, a12 - a21, 1 + a11 + a22 + a33], -1).unflatten(-1, (4, 4))
+    k = outer.diagonal(dim1=-2, dim2=-1).argmax(-1)
+    row = outer.gather(-2, k[..., None, None].expand(*k.shape, 1, 4))[..., 0, :]
+    q_xyzw = row / row.norm(dim=-1, keepdim=True)
+    return q_xyzw[..., [3, 0, 1, 2]]
 
 
 def quat_to_matrix(q_wxyz: torch.Tensor) -> torch.Tensor:
@@ -133,11 +129,7 @@ def quat_to_matrix(q_wxyz: torch.Tensor) -> torch.Tensor:
     norm = q_wxyz.norm(dim=-1, keepdim=True)
     if (norm <= torch.finfo(q_wxyz.dtype).tiny * 1e6).any():
         raise ValueError("quat_to_matrix: a quaternion has (near) zero norm; expected a nonzero (w, x, y, z)")
-    roma = _roma()
-    if roma is None:
-        return _unitquat_to_matrix(q_wxyz / norm)
-    q_xyzw = roma.quat_wxyz_to_xyzw(q_wxyz / norm)
-    return roma.unitquat_to_rotmat(q_xyzw)
+    return _unitquat_to_matrix(q_wxyz / norm)
 
 
 def matrix_to_quat(R: torch.Tensor) -> torch.Tensor:
@@ -148,8 +140,7 @@ def matrix_to_quat(R: torch.Tensor) -> torch.Tensor:
     positive, so the output is still unique. Notebook 00.
     """
     _check_last(R, (3, 3), "R")
-    roma = _roma()
-    q = _matrix_to_unitquat(R) if roma is None else roma.quat_xyzw_to_wxyz(roma.rotmat_to_unitquat(R))
+    q = _matrix_to_unitquat(R)
     w = q[..., :1]
     vec = q[..., 1:]
     big = vec.gather(-1, vec.abs().argmax(dim=-1, keepdim=True))

@@ -34,6 +34,7 @@ import math
 import shutil
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -43,7 +44,7 @@ from flare_nb.cameras import invert_pose
 from flare_nb.eval.metrics import pose_auc, pose_l1, relative_pose_errors
 from flare_nb.eval.priors import PRIORS, fit_synthetic_priors, prior_poses
 from flare_nb.export import save_image, write_cameras_json
-from flare_nb.inference import load_model
+from flare_nb.inference import checkpoint_native_size
 from flare_nb.outdir import MANIFEST, StagedOutput
 from flare_nb.pipeline import (Interrupted, _output_options, check_options,
                                default_size, planned_files,
@@ -66,7 +67,8 @@ PRIOR_FIT_SCENES = 512          # training scenes the constant / per-view priors
 REAL_PHOTOS_NOTE = ("the bundled room photos are real photos, outside the tiny model's domain (it was trained on "
                     "small synthetic scenes); the released weights (--checkpoint geometry_pose.pth --config "
                     "official_geometry) are the ones for real photos")
-FIGURE_POINTS = 20000
+FIGURE_POINTS = 20000           # points drawn per scene in comparison.png
+SCALE_FIT_POINTS = 2000         # points per set that fit the figure's scale (figure_scale)
 PRIOR_LABELS = {"straight": "prior: straight ahead", "constant": "prior: one constant pose",
                 "per_view": "prior: one pose per view index"}
 
@@ -169,11 +171,12 @@ def _subsample(P: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
     return P[np.random.default_rng(seed).choice(len(P), n, replace=False)]
 
 
-def figure_scale(P_pred: torch.Tensor, P_true: torch.Tensor, n: int = FIGURE_POINTS) -> float:
+def figure_scale(P_pred: torch.Tensor, P_true: torch.Tensor, n: int = SCALE_FIT_POINTS) -> float:
     """The scale that puts the predicted points (view 0's frame, prediction units) onto the true
-    ones (view 0's frame, metres), for the figure only: the factor, on a grid of 81 values over
+    ones (view 0's frame, metres), for the figure only: the factor, on a grid of 49 values over
     x1/8 .. x8 of the ratio of median distances from view 0, with the smallest symmetric
-    median nearest-neighbour distance (predicted to true plus true to predicted). 1.0 without points."""
+    median nearest-neighbour distance (predicted to true plus true to predicted), measured on
+    ``n`` random points of each set. 1.0 without points."""
     from scipy.spatial import cKDTree
 
     A = _subsample(P_pred.double().numpy(), n, 1)
@@ -184,10 +187,10 @@ def figure_scale(P_pred: torch.Tensor, P_true: torch.Tensor, n: int = FIGURE_POI
     da, db = float(np.median(np.linalg.norm(A, axis=1))), float(np.median(np.linalg.norm(B, axis=1)))
     if not da > 0 or not db > 0:
         return 1.0
-    tree_b = cKDTree(B)
+    tree_a, tree_b = cKDTree(A), cKDTree(B)
     best, best_cost = db / da, math.inf
-    for s in db / da * 2.0 ** np.linspace(-3, 3, 81):
-        cost = np.median(tree_b.query(A * s)[0]) + np.median(cKDTree(A * s).query(B)[0])
+    for s in db / da * 2.0 ** np.linspace(-3, 3, 49):       # |b - s a| = s |b / s - a|: one tree of A serves all s
+        cost = np.median(tree_b.query(A * s)[0]) + s * np.median(tree_a.query(B / s)[0])
         if cost < best_cost:
             best, best_cost = float(s), cost
     return best
@@ -250,16 +253,15 @@ def save_comparison_figure(path, scenes: list[dict]) -> Path:
 
 # ----------------------------------------------------------------------------- the demo
 def _model_size(checkpoint, config, model_kind):
-    """The working size ``(W, H)`` of the model the demo will run (read from the loaded model)."""
+    """The working size ``(W, H)`` of the model the demo will run: the size its checkpoint says it
+    was trained at (read from the file, the model is not built), else the configuration's default."""
+    fallback = default_size(config if isinstance(config, str) else "tiny")
     if model_kind != "geometry":
-        return default_size(config if isinstance(config, str) else "tiny")
+        return fallback
     if checkpoint not in (None, ""):
         precheck_checkpoint(Path(checkpoint))
-    model = load_model(checkpoint, config, device="cpu")
-    try:
-        return working_size(model, config)
-    finally:
-        del model
+    hw = checkpoint_native_size(None if checkpoint in (None, "") else checkpoint, config)
+    return fallback if hw is None else check_size((int(hw[1]), int(hw[0])))
 
 
 def _photo_names(mode: str, seed: int, views: int) -> list[str]:
@@ -313,8 +315,10 @@ def run_synthetic_demo(out, scene_seed=SCENE_SEED, views: int = DEMO_VIEWS, size
     """The default ``flare-nb demo`` (module docstring). ``kw`` go to
     :func:`flare_nb.pipeline.reconstruct_to_folder`. ``ref_view="auto"`` keeps the trajectory's
     first view as the reference (as in training). Returns ``{"out", "scenes": [comparison per
-    scene], "files"}``. Bad options raise ValueError before any output exists; ``--out`` is
-    staged as by the pipeline (:mod:`flare_nb.outdir`)."""
+    scene], "files", "timings"}``. Bad options raise ValueError before any output exists; ``--out`` is
+    staged as by the pipeline (:mod:`flare_nb.outdir`). ``timings``: seconds per step of the demo,
+    summed over the two scenes; the entries indented by two spaces are the reconstruction's own
+    stages (part of ``reconstruct``), as ``benchmarks/bench_demo_stages.py`` prints them."""
     seed = check_scene_seed(scene_seed)
     if isinstance(views, bool) or not isinstance(views, int) or not 2 <= views <= 8:
         raise ValueError(f"--views must be between 2 and 8 (FLARE is trained on 2-8 views), got {views!r}")
@@ -331,30 +335,49 @@ def run_synthetic_demo(out, scene_seed=SCENE_SEED, views: int = DEMO_VIEWS, size
               file=sys.stderr, flush=True)
     stage = folder.begin()
     tmp = Path(tempfile.mkdtemp(prefix="flare-nb-demo-scenes-"))
+    timings: dict[str, float] = {}
+
+    def lap(name: str, t0: float) -> float:
+        now = time.perf_counter()
+        timings[name] = timings.get(name, 0.0) + now - t0
+        return now
+
     try:
         scenes, results = [], []
         for mode in DEMO_MODES:
+            t = time.perf_counter()
             _say(f"== {mode} scene, seed {seed} (held out: training uses seeds below {HELD_OUT_SEED_START}), "
                  f"{views} views rendered at {Wd}x{Hd} ==")
             arc = {"orbit_arc": DEMO_ORBIT_ARC} if mode == "orbit" else {}
-            scene = make_scene(seed, views, (Wd, Hd), mode, **arc)
+            # the torch ray caster: the same scene as open3d's up to float32 rounding (identical once
+            # saved as 8-bit PNG but for rare pixels), and no second of open3d import at start-up
+            scene = make_scene(seed, views, (Wd, Hd), mode, raycast="torch", **arc)
             photos = _scene_files(scene, mode, seed, tmp / mode)
-            reconstruct_to_folder(photos, stage / mode, checkpoint=checkpoint, config=config, size=size,
-                                  device=device, ref_view=ref, force=False, model=model,
-                                  title=f"flare-nb demo: synthetic {mode} scene, seed {seed} (held out)", **kw)
+            t = lap("render the scenes", t)
+            res = reconstruct_to_folder(photos, stage / mode, checkpoint=checkpoint, config=config, size=size,
+                                        device=device, ref_view=ref, force=False, model=model,
+                                        title=f"flare-nb demo: synthetic {mode} scene, seed {seed} (held out)", **kw)
+            t = lap("reconstruct (flare-nb reconstruct)", t)
+            for k, v in res["timings"].items():             # forward's four model stages are left out
+                if k not in ("total", "encoder", "stage1_coarse_pose", "stage2_camera_centric", "stage3_global"):
+                    timings[f"  {k}"] = timings.get(f"  {k}", 0.0) + v
             (stage / mode / MANIFEST).unlink(missing_ok=True)         # one manifest, for the whole --out
             cams = json.loads((stage / mode / "cameras.json").read_text())
             gt = _ground_truth(scene, cams, stage / mode)
+            t = lap("ground truth", t)
             fitted = fit_synthetic_priors(mode, views, PRIOR_FIT_SCENES, 0, **arc)
             rows = camera_rows(cams, gt["c2w_gt"], fitted)
+            t = lap("priors and errors", t)
             P_pred = load_points_ply(stage / mode / "points.ply")["points"].double()
             scale = figure_scale(P_pred, gt["points_gt"])
+            lap("comparison figure", t)
             pred_c2w = torch.tensor([v["c2w"] for v in cams["views"]], dtype=torch.float64)
             scenes.append({"mode": mode, "seed": seed, "folder": mode, "size": [Wd, Hd], "order": cams["order"],
                            "weights": cams["weights"], "pose_source": cams["pose_source"],
                            "figure_scale": scale, "rows": rows})
             results.append({**gt, "mode": mode, "seed": seed, "c2w_pred": pred_c2w, "points_pred": P_pred,
                             "scale": scale})
+        t = time.perf_counter()
         table = comparison_markdown(scenes)
         doc = {"scene_seed": seed, "views": views, "size": [Wd, Hd], "prior_fit_scenes": PRIOR_FIT_SCENES,
                "errors": "per view i >= 1 against view 0, degrees: rotation = angle of R_rel_gt^T R_rel_pred, "
@@ -371,7 +394,9 @@ def run_synthetic_demo(out, scene_seed=SCENE_SEED, views: int = DEMO_VIEWS, size
             f"the images (`flare_nb.eval.priors`; constant and per-view fitted on {PRIOR_FIT_SCENES} training "
             "scenes of the same mode). `comparison.png`: cameras and points from above.\n\n" + table)
         save_comparison_figure(stage / "comparison.png", results)
+        t = lap("comparison figure", t)
         files = folder.commit()
+        lap("comparison files and commit", t)
     except KeyboardInterrupt:
         raise Interrupted(folder.abort()) from None
     except BaseException as e:
@@ -383,4 +408,4 @@ def run_synthetic_demo(out, scene_seed=SCENE_SEED, views: int = DEMO_VIEWS, size
     _say(table)
     _say(f"demo done: {out} ({', '.join(f'{m}/' for m in DEMO_MODES)} the reconstructions, each with ground_truth/; "
          "comparison.md, comparison.json, comparison.png)")
-    return {"out": out, "scenes": scenes, "files": files}
+    return {"out": out, "scenes": scenes, "files": files, "timings": timings}

@@ -76,10 +76,11 @@ def _image_mesh(corners: np.ndarray, image: np.ndarray):
 
 
 def scene_figure(points, colors, c2w, K, images, names=None, gaussian_means=None, title: str = ""):
-    """The plotly figure of :func:`write_scene_page`. ``points (N, 3)``, ``colors (N, 3)`` in [0, 1],
-    ``c2w (V, 4, 4)`` (OpenCV axes), ``K (V, 3, 3)``, ``images (V, 3, H, W)`` in [0, 1],
-    ``names`` V labels, ``gaussian_means (M, 3)`` or None."""
-    import plotly.graph_objects as go
+    """The plotly figure of :func:`write_scene_page` as a plain dict (``{"data": [...], "layout":
+    {...}}``; ``plotly.graph_objects.Figure(d)`` turns it into a figure object, which takes seconds
+    to validate 60,000 colours). ``points (N, 3)``, ``colors (N, 3)`` in [0, 1], ``c2w (V, 4, 4)``
+    (OpenCV axes), ``K (V, 3, 3)``, ``images (V, 3, H, W)`` in [0, 1], ``names`` V labels,
+    ``gaussian_means (M, 3)`` or None."""
 
     P, C = _np(points).reshape(-1, 3), _np(colors).reshape(-1, 3)
     c2w, K = _np(c2w), _np(K)
@@ -95,7 +96,7 @@ def scene_figure(points, colors, c2w, K, images, names=None, gaussian_means=None
     P, C = P[ok], C[ok]
     sel = _subset(len(P), MAX_PAGE_POINTS)
     P, C = P[sel], np.clip(C[sel], 0, 1)
-    traces = [go.Scatter3d(x=P[:, 0], y=P[:, 1], z=P[:, 2], mode="markers", name=f"points ({len(P)})",
+    traces = [dict(type="scatter3d", x=P[:, 0], y=P[:, 1], z=P[:, 2], mode="markers", name=f"points ({len(P)})",
                            marker=dict(size=1.5, color=[f"rgb({r},{g},{b})" for r, g, b in
                                                          (C * 255).round().astype(int)]), hoverinfo="skip")]
     depth = _scene_scale(P, c2w[:, :3, 3])
@@ -107,30 +108,33 @@ def scene_figure(points, colors, c2w, K, images, names=None, gaussian_means=None
             ly += [c[a, 1], c[b, 1], None]
             lz += [c[a, 2], c[b, 2], None]
         verts, tris, vc = _image_mesh(c, imgs[i])
-        traces.append(go.Mesh3d(x=verts[:, 0], y=verts[:, 1], z=verts[:, 2], i=tris[:, 0], j=tris[:, 1],
+        traces.append(dict(type="mesh3d", x=verts[:, 0], y=verts[:, 1], z=verts[:, 2], i=tris[:, 0], j=tris[:, 1],
                                 k=tris[:, 2], vertexcolor=vc, name=names[i], showlegend=False,
                                 hovertext=names[i], hoverinfo="text", flatshading=True,
                                 lighting=dict(ambient=1.0, diffuse=0.0, specular=0.0)))
-    traces.append(go.Scatter3d(x=lx, y=ly, z=lz, mode="lines", name=f"cameras ({V})",
+    traces.append(dict(type="scatter3d", x=lx, y=ly, z=lz, mode="lines", name=f"cameras ({V})",
                                line=dict(color="crimson", width=3), hoverinfo="skip"))
     if gaussian_means is not None:
         G = _np(gaussian_means).reshape(-1, 3)
         G = G[np.isfinite(G).all(1)]
         G = G[_subset(len(G), MAX_PAGE_GAUSSIANS, seed=1)]
-        traces.append(go.Scatter3d(x=G[:, 0], y=G[:, 1], z=G[:, 2], mode="markers", visible="legendonly",
+        traces.append(dict(type="scatter3d", x=G[:, 0], y=G[:, 1], z=G[:, 2], mode="markers", visible="legendonly",
                                    name=f"Gaussian centres ({len(G)} shown)", hoverinfo="skip",
                                    marker=dict(size=1.2, color="royalblue", opacity=0.6)))
-    fig = go.Figure(traces)
-    fig.update_layout(title=title, paper_bgcolor="white", margin=dict(l=0, r=0, t=40, b=0),
-                      legend=dict(itemsizing="constant"),
-                      scene=dict(aspectmode="data", xaxis_title="x", yaxis_title="y (down)", zaxis_title="z",
-                                 camera=dict(up=dict(x=0, y=-1, z=0), eye=dict(x=0.0, y=-0.6, z=-1.8))))
-    return fig
+    layout = dict(title=dict(text=title), paper_bgcolor="white", margin=dict(l=0, r=0, t=40, b=0),
+                  legend=dict(itemsizing="constant"),
+                  scene=dict(aspectmode="data", xaxis=dict(title=dict(text="x")),
+                             yaxis=dict(title=dict(text="y (down)")), zaxis=dict(title=dict(text="z")),
+                             camera=dict(up=dict(x=0, y=-1, z=0), eye=dict(x=0.0, y=-0.6, z=-1.8))))
+    return {"data": traces, "layout": layout}
 
 
 def write_scene_page(path, points, colors, c2w, K, images, names=None, gaussian_means=None, title: str = "") -> Path:
     """Write the offline page (plotly.js inlined; no network needed) and return its path."""
+    import plotly.io as pio
+
     fig = scene_figure(points, colors, c2w, K, images, names, gaussian_means, title)
     path = Path(path)
-    fig.write_html(str(path), include_plotlyjs=True, full_html=True, config={"displaylogo": False})
+    pio.write_html(fig, str(path), include_plotlyjs=True, full_html=True, validate=False,
+                   config={"displaylogo": False})
     return path

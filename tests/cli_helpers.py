@@ -1,5 +1,22 @@
 """Helpers for tests that run ``flare-nb`` in-process (``flare_nb.cli.main``)."""
+import contextlib
+
+import torch
+
 from flare_nb import cli
+
+
+@contextlib.contextmanager
+def one_torch_thread():
+    """One torch thread inside the block (tiny tensors: as fast, and far faster on a shared
+    machine), the previous count restored after it; for module-scoped fixtures, where the
+    function-scoped ``one_thread`` fixture of ``conftest.py`` cannot serve."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
 
 
 def run_cli(argv, capsys):

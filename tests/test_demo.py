@@ -9,13 +9,12 @@ import json
 
 import numpy as np
 import pytest
-import torch
 
 from flare_nb import cli, demo_synthetic
 from flare_nb.inference import load_model
 from flare_nb.outdir import read_manifest
 from flare_nb.scenes.synthetic import HELD_OUT_SEED_START, make_cameras
-from cli_helpers import cli_error, run_cli
+from cli_helpers import cli_error, one_torch_thread, run_cli
 
 SEED = HELD_OUT_SEED_START + 7
 V = 4
@@ -25,14 +24,9 @@ FAST = ["--no-render", "--pnp-iterations", "20"]
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo") / "out"
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with pytest.MonkeyPatch.context() as mp:
-            mp.setattr(demo_synthetic, "PRIOR_FIT_SCENES", 32)
-            rc = cli.main(["demo", "--out", str(out), "--scene-seed", str(SEED)] + FAST)
-    finally:
-        torch.set_num_threads(n)
+    with one_torch_thread(), pytest.MonkeyPatch.context() as mp:
+        mp.setattr(demo_synthetic, "PRIOR_FIT_SCENES", 32)
+        rc = cli.main(["demo", "--out", str(out), "--scene-seed", str(SEED)] + FAST)
     assert rc == 0
     return {"out": out, "doc": json.loads((out / "comparison.json").read_text())}
 

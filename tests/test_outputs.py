@@ -16,7 +16,7 @@ from PIL import Image
 
 from flare_nb import cameras, cli, data_dir
 from flare_nb.model import config as mc
-from cli_helpers import cli_error, run_cli
+from cli_helpers import cli_error, one_torch_thread, run_cli
 
 ROOM = data_dir() / "real" / "room"
 NVS_CKPT = data_dir() / "checkpoints" / "tiny_nvs.pt"
@@ -29,14 +29,9 @@ _run, _error = run_cli, cli_error
 @pytest.fixture(scope="module")
 def nvs_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("nvs") / "out"
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with one_torch_thread():
         rc = cli.main(["demo", "--real", "--model", "nvs", "--views", str(V), "--size", "64x64",
-                       "--pnp-iterations", "50",
-                       "--out", str(out)])
-    finally:
-        torch.set_num_threads(n)
+                       "--pnp-iterations", "50", "--out", str(out)])
     assert rc == 0
     cams = json.loads((out / "cameras.json").read_text())
     images = torch.stack([torch.from_numpy(np.array(Image.open(out / "images" / v["image"]).convert("RGB")))
@@ -115,6 +110,23 @@ def test_scene_page_is_self_contained(nvs_run):
     names = [t.get("name", "") for t in traces]
     assert any(n.startswith("points") for n in names) and any(n.startswith("cameras") for n in names)
     assert any(n.startswith("Gaussian centres") for n in names)
+
+
+def test_scene_figure_is_a_valid_plotly_figure():
+    """The page is written without plotly's validation (seconds for 60,000 colours): the same
+    figure must pass it."""
+    import plotly.graph_objects as go
+
+    from flare_nb.scene_page import scene_figure
+
+    g = torch.Generator().manual_seed(0)
+    c2w = torch.eye(4).repeat(2, 1, 1)
+    c2w[1, 0, 3] = 1.0
+    K = torch.tensor([[40.0, 0, 16], [0, 40.0, 16], [0, 0, 1]])
+    fig = scene_figure(torch.rand(500, 3, generator=g), torch.rand(500, 3, generator=g), c2w, K,
+                       torch.rand(2, 3, 32, 32, generator=g), ["a", "b"], torch.rand(50, 3, generator=g), "t")
+    checked = go.Figure(fig)                                # raises on any invalid property
+    assert [t.type for t in checked.data] == ["scatter3d", "mesh3d", "mesh3d", "scatter3d", "scatter3d"]
 
 
 def test_frustum_corners_project_to_the_image_corners():

@@ -1,4 +1,5 @@
 """Blind pose priors (flare_nb.eval.priors) and the pose-L1 metric: what a model must beat."""
+import json
 import math
 
 import pytest
@@ -93,3 +94,37 @@ def test_evaluate_command_scores_the_priors_beside_a_method(capsys):
     out = capsys.readouterr().out
     assert {r["method"] for r in rows} == {"straight", "constant", "per_view"}
     assert "orbit 20-90" in out and "pose_L1" in out
+
+
+@pytest.mark.parametrize("mode, arc", [("forward", None), ("orbit", (20.0, 90.0))])
+def test_stored_prior_fits_equal_a_fresh_fit(mode, arc):
+    """data/priors/synthetic_priors.json (scripts/fit_priors.py) holds exactly what fitting gives."""
+    from flare_nb import data_dir
+    from flare_nb.eval.priors import PRIOR_TABLE, prior_key
+
+    table = json.loads((data_dir() / PRIOR_TABLE).read_text())["fits"]
+    assert prior_key(mode, 4, 512, 0, arc) in table, "run python scripts/fit_priors.py"
+    stored = fit_synthetic_priors(mode, 4, 512, 0, arc)
+    fresh = fit_synthetic_priors(mode, 4, 512, 0, arc, use_table=False)
+    for k in ("constant", "per_view"):
+        assert torch.equal(stored[k], fresh[k]), f"{k}: the table is stale; run python scripts/fit_priors.py"
+
+
+def test_a_stale_stored_fit_is_not_used(tmp_path, monkeypatch):
+    """An entry whose first scene's cameras no longer match the generator is fitted again."""
+    from flare_nb.eval import priors
+
+    table = {"fits": {priors.prior_key("orbit", 3, 4, 0, (20, 90)): {
+        "constant": torch.eye(4).tolist(), "per_view": torch.eye(4).repeat(3, 1, 1).tolist(),
+        "check_first_scene_c2w": torch.eye(4).repeat(3, 1, 1).tolist()}}}     # not the generator's cameras
+    (tmp_path / "priors").mkdir()
+    (tmp_path / priors.PRIOR_TABLE).write_text(json.dumps(table))
+    monkeypatch.setenv("FLARE_NB_DATA", str(tmp_path))
+    got = fit_synthetic_priors("orbit", 3, 4, 0, (20, 90))
+    assert torch.equal(got["per_view"], fit_synthetic_priors("orbit", 3, 4, 0, (20, 90), use_table=False)["per_view"])
+    assert not torch.equal(got["per_view"], torch.eye(4).repeat(3, 1, 1))
+    good = priors.write_prior_table(tmp_path / priors.PRIOR_TABLE, [("orbit", 3, (20, 90))], n_scenes=4)
+    entry = good["fits"][priors.prior_key("orbit", 3, 4, 0, (20, 90))]
+    entry["per_view"] = torch.eye(4).repeat(3, 1, 1).tolist()                    # a valid check: the table is read
+    (tmp_path / priors.PRIOR_TABLE).write_text(json.dumps(good))
+    assert torch.equal(fit_synthetic_priors("orbit", 3, 4, 0, (20, 90))["per_view"], torch.eye(4).repeat(3, 1, 1))

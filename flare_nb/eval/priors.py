@@ -24,13 +24,14 @@ from collections.abc import Sequence
 
 import torch
 
+from flare_nb import data_dir
 from flare_nb.cameras import normalize_translation, relative_to_view0
 from flare_nb.eval.metrics import pose_l1, pose_metrics
 from flare_nb.scenes.synthetic import (HELD_OUT_SEED_START, ORBIT_ARC,
                                        make_cameras)
 
 __all__ = ["PRIORS", "straight_ahead", "mean_rotation", "fit_priors", "prior_poses", "fit_synthetic_priors",
-           "prior_method"]
+           "prior_method", "PRIOR_TABLE", "prior_key", "write_prior_table"]
 
 PRIORS = ("straight", "constant", "per_view")
 
@@ -97,15 +98,83 @@ def prior_poses(kind: str, n_views: int, fitted: dict | None = None) -> torch.Te
 
 
 def fit_synthetic_priors(mode: str = "orbit", n_views: int = 4, n_scenes: int = 512, first_seed: int = 0,
-                         orbit_arc=None) -> dict[str, torch.Tensor]:
+                         orbit_arc=None, use_table: bool = True) -> dict[str, torch.Tensor]:
     """:func:`fit_priors` on the cameras of synthetic TRAINING scenes ``first_seed ..
-    first_seed + n_scenes - 1`` (nothing is rendered: :func:`flare_nb.scenes.synthetic.make_cameras`)."""
+    first_seed + n_scenes - 1`` (nothing is rendered: :func:`flare_nb.scenes.synthetic.make_cameras`).
+
+    Fitting 512 scenes takes seconds; the fits of the usual settings are stored in
+    :data:`PRIOR_TABLE` (written by ``python scripts/fit_priors.py``) and read from there when
+    ``use_table`` and the entry's check still holds: the cameras of its first scene, stored with
+    it, must equal what the generator makes now (else the fit runs again). The stored fit equals
+    a fresh one exactly (``tests/test_priors.py``)."""
 
     if first_seed + n_scenes > HELD_OUT_SEED_START:
         raise ValueError(f"priors are fitted on training seeds only (below {HELD_OUT_SEED_START}), got "
                          f"{first_seed} .. {first_seed + n_scenes - 1}")
     arc = ORBIT_ARC if orbit_arc is None else tuple(orbit_arc)
+    if use_table:
+        stored = _stored_fit(mode, n_views, n_scenes, first_seed, arc)
+        if stored is not None:
+            return stored
     return fit_priors([make_cameras(s, n_views, mode, orbit_arc=arc) for s in range(first_seed, first_seed + n_scenes)])
+
+
+# ----------------------------------------------------------------------------- the stored fits
+PRIOR_TABLE = "priors/synthetic_priors.json"      # under flare_nb.data_dir()
+
+
+def prior_key(mode: str, n_views: int, n_scenes: int = 512, first_seed: int = 0, orbit_arc=None) -> str:
+    """The table key of one fit, e.g. ``orbit/views=4/scenes=512/first_seed=0/arc=20-90`` (the
+    arc only for orbits: forward walks do not depend on it)."""
+    key = f"{mode}/views={int(n_views)}/scenes={int(n_scenes)}/first_seed={int(first_seed)}"
+    if mode == "orbit":
+        lo, hi = ORBIT_ARC if orbit_arc is None else tuple(orbit_arc)
+        key += f"/arc={float(lo):g}-{float(hi):g}"
+    return key
+
+
+def _table_path():
+    try:
+        return data_dir() / PRIOR_TABLE
+    except FileNotFoundError:
+        return None
+
+
+def _stored_fit(mode, n_views, n_scenes, first_seed, arc):
+    import json
+
+    path = _table_path()
+    if path is None or not path.is_file():
+        return None
+    entry = json.loads(path.read_text()).get("fits", {}).get(prior_key(mode, n_views, n_scenes, first_seed, arc))
+    if entry is None:
+        return None
+    check = torch.tensor(entry["check_first_scene_c2w"], dtype=torch.float32)
+    if not torch.equal(check, make_cameras(first_seed, n_views, mode, orbit_arc=arc)):
+        return None                                  # the generator changed since the table was written
+    return {"constant": torch.tensor(entry["constant"], dtype=torch.float32),
+            "per_view": torch.tensor(entry["per_view"], dtype=torch.float32)}
+
+
+def write_prior_table(path, settings, n_scenes: int = 512, first_seed: int = 0) -> dict:
+    """Fit the priors for every ``(mode, n_views, orbit_arc)`` of ``settings`` (fresh fits, no
+    table) and write them as JSON to ``path`` (float32 values written exactly). Returns the table."""
+    import json
+    from pathlib import Path
+
+    fits = {}
+    for mode, n_views, arc in settings:
+        arc = ORBIT_ARC if arc is None else tuple(arc)
+        f = fit_synthetic_priors(mode, n_views, n_scenes, first_seed, arc, use_table=False)
+        fits[prior_key(mode, n_views, n_scenes, first_seed, arc)] = {
+            "constant": f["constant"].tolist(), "per_view": f["per_view"].tolist(),
+            "check_first_scene_c2w": make_cameras(first_seed, n_views, mode, orbit_arc=arc).tolist()}
+    table = {"about": "constant and per-view pose priors fitted on the cameras of synthetic training scenes "
+                      "(flare_nb.eval.priors.fit_synthetic_priors); written by python scripts/fit_priors.py",
+             "fits": fits}
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(table) + "\n")
+    return table
 
 
 def prior_method(prior: str = "constant", mode: str | None = None, n_views: int = 4, fit_scenes: int = 512,

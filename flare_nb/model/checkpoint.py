@@ -214,9 +214,34 @@ def _first_words(e: BaseException, n: int = 12) -> str:
     return " ".join(words[:n]) + (" ..." if len(words) > n else "") if words else type(e).__name__
 
 
+_LAST_READ: dict = {}      # the last small file read: {"key": (path, size, mtime_ns), "obj": ...}
+_REMEMBER_BYTES = 64 << 20  # larger files (the released weights) are not kept mapped after use
+
+
+def _dict_copy(obj):
+    return {k: _dict_copy(v) for k, v in obj.items()} if isinstance(obj, dict) else obj
+
+
 def _torch_load_tensors(path: Path):
     """``torch.load(weights_only=True)`` with one clear ``CheckpointError`` per way a file can be
-    refused (never advising to load it unsafely); torch's own warnings are not shown."""
+    refused (never advising to load it unsafely); torch's own warnings are not shown.
+
+    The last file read, if under 64 MB, is remembered (by path, size and modification time), so that one command
+    reading a checkpoint's description, then its weights, reads the file once; callers get
+    their own copies of its dicts (the tensors are the memory-mapped file's, never written)."""
+    path = Path(path)
+    st = path.stat()
+    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    if _LAST_READ.get("key") == key:
+        return _dict_copy(_LAST_READ["obj"])
+    obj = _torch_load_uncached(path)
+    _LAST_READ.clear()
+    if st.st_size <= _REMEMBER_BYTES:
+        _LAST_READ.update(key=key, obj=obj)
+    return _dict_copy(obj)
+
+
+def _torch_load_uncached(path: Path):
     import pickle
     import warnings
     import zipfile
