@@ -11,7 +11,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 CKPT="${CKPT:-data/checkpoints/tiny_geometry.pt}"
 if [ ! -f "$CKPT" ]; then
-  echo "no checkpoint at $CKPT: train it first (bash scripts/train_tiny.sh, then copy runs/tiny_synthetic/checkpoint.pt)" >&2
+  echo "no checkpoint at $CKPT: train it first (bash scripts/train_tiny64.sh)" >&2
   exit 1
 fi
 OUT="${CKPT%.pt}_eval"
