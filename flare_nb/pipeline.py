@@ -55,10 +55,9 @@ from flare_nb import video as video_module
 from flare_nb.intrinsics import parse_intrinsics_option, resolve_intrinsics
 from flare_nb.cameras import invert_pose, opengl_to_opencv
 from flare_nb.device import resolve_device
-from flare_nb.inference import default_checkpoint, load_model, reconstruct
+from flare_nb.inference import default_checkpoint, empty_model, load_model, reconstruct
 from flare_nb.model import config as config_module
 from flare_nb.model.checkpoint import read_checkpoint_info
-from flare_nb.model.flare import FlareModel
 from flare_nb.model.pose_encoding import check_camera_poses
 from flare_nb.outdir import StagedOutput, manifest_files
 from flare_nb.scenes import reference_view
@@ -538,10 +537,7 @@ def _resolve_config(config):
 
 
 def _count_parameters(cfg) -> int:
-
-
-    with torch.device("meta"):
-        return sum(p.numel() for p in FlareModel(cfg).parameters())
+    return sum(p.numel() for p in empty_model(cfg, allocate=False).parameters())
 
 
 def reconstruct_to_folder(inputs, out, checkpoint=None, config="tiny", size=None, device="auto", ref_view="auto",
