@@ -33,6 +33,7 @@ def child(extra: list[str], real: bool) -> dict:
     import io
 
     from flare_nb import cli, demo_synthetic, pipeline
+    from flare_nb.inference import STAGES
 
     t_imported = time.perf_counter()
     captured: dict = {}
@@ -54,8 +55,8 @@ def child(extra: list[str], real: bool) -> dict:
     steps = dict(captured.get("timings", {}))
     if real:                                       # the pipeline's stages: its own total is the command's work
         steps.pop("total", None)
-        steps = {("  " + k if k in ("encoder", "stage1_coarse_pose", "stage2_camera_centric", "stage3_global")
-                  else k): v for k, v in steps.items()}
+        inner = {name for _, name in STAGES}       # the model's stages: parts of "forward"
+        steps = {("  " + k if k in inner else k): v for k, v in steps.items()}
     return {"start-up (imports)": t_imported - T_START, **steps, "total": t_end - T_START}
 
 

@@ -44,7 +44,7 @@ from flare_nb.cameras import invert_pose
 from flare_nb.eval.metrics import pose_auc, pose_l1, relative_pose_errors
 from flare_nb.eval.priors import PRIORS, fit_synthetic_priors, prior_poses
 from flare_nb.export import save_image, write_cameras_json
-from flare_nb.inference import checkpoint_native_size
+from flare_nb.inference import STAGES, checkpoint_native_size
 from flare_nb.outdir import MANIFEST, StagedOutput
 from flare_nb.pipeline import (Interrupted, _output_options, check_options,
                                default_size, planned_files,
@@ -54,7 +54,7 @@ from flare_nb.scenes.preprocess import check_size
 from flare_nb.scenes.synthetic import HELD_OUT_SEED_START, make_scene, pointmaps
 from flare_nb.viz import frustum_points
 
-__all__ = ["run_synthetic_demo", "check_scene_seed", "working_size", "per_view_errors", "camera_rows",
+__all__ = ["run_synthetic_demo", "check_scene_seed", "per_view_errors", "camera_rows",
            "comparison_markdown", "save_comparison_figure", "DEMO_MODES", "DEMO_VIEWS", "SCENE_SEED",
            "PRIOR_FIT_SCENES", "DEMO_ORBIT_ARC", "REAL_PHOTOS_NOTE", "MAX_SEED", "figure_scale"]
 
@@ -68,6 +68,7 @@ REAL_PHOTOS_NOTE = ("the bundled room photos are real photos, outside the tiny m
                     "small synthetic scenes); the released weights (--checkpoint geometry_pose.pth --config "
                     "official_geometry) are the ones for real photos")
 FIGURE_POINTS = 20000           # points drawn per scene in comparison.png
+MODEL_STAGE_TIMINGS = {name for _, name in STAGES}   # parts of the reconstruction's "forward" time
 SCALE_FIT_POINTS = 1000         # points per set that fit the figure's scale (figure_scale)
 PRIOR_LABELS = {"straight": "prior: straight ahead", "constant": "prior: one constant pose",
                 "per_view": "prior: one pose per view index"}
@@ -89,15 +90,6 @@ def check_scene_seed(seed) -> int:
         raise ValueError(f"--scene-seed must be between {HELD_OUT_SEED_START} and {MAX_SEED} (seeds below "
                          f"{HELD_OUT_SEED_START} are the training scenes), got {s}")
     return s
-
-
-def working_size(model, config: str = "tiny") -> tuple[int, int]:
-    """``(W, H)`` the model works at: its ``native_size`` ``(H, W)`` where the loader set one,
-    else the configuration's default (:func:`flare_nb.pipeline.default_size`)."""
-    hw = getattr(model, "native_size", None)
-    if hw:
-        return check_size((int(hw[1]), int(hw[0])))
-    return default_size(config if isinstance(config, str) else "tiny")
 
 
 # ----------------------------------------------------------------------------- errors
@@ -261,7 +253,7 @@ def _model_size(checkpoint, config, model_kind):
         return fallback
     if checkpoint not in (None, ""):
         precheck_checkpoint(Path(checkpoint))
-    hw = checkpoint_native_size(None if checkpoint in (None, "") else checkpoint, config)
+    hw = checkpoint_native_size(checkpoint, config)
     return fallback if hw is None else check_size((int(hw[1]), int(hw[0])))
 
 
@@ -360,7 +352,7 @@ def run_synthetic_demo(out, scene_seed=SCENE_SEED, views: int = DEMO_VIEWS, size
                                         title=f"flare-nb demo: synthetic {mode} scene, seed {seed} (held out)", **kw)
             t = lap("reconstruct (flare-nb reconstruct)", t)
             for k, v in res["timings"].items():             # forward's four model stages are left out
-                if k not in ("total", "encoder", "stage1_coarse_pose", "stage2_camera_centric", "stage3_global"):
+                if k != "total" and k not in MODEL_STAGE_TIMINGS:
                     timings[f"  {k}"] = timings.get(f"  {k}", 0.0) + v
             (stage / mode / MANIFEST).unlink(missing_ok=True)         # one manifest, for the whole --out
             cams = json.loads((stage / mode / "cameras.json").read_text())

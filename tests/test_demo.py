@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from flare_nb import cli, demo_synthetic
-from flare_nb.inference import load_model
+from flare_nb.inference import load_model, native_size_wh
 from flare_nb.outdir import read_manifest
 from flare_nb.scenes.synthetic import HELD_OUT_SEED_START, make_cameras
 from cli_helpers import cli_error, one_torch_thread, run_cli
@@ -64,7 +64,7 @@ def test_demo_writes_the_reconstructions_ground_truth_and_comparison(demo):
     out = demo["out"]
     for name in ("comparison.md", "comparison.json", "comparison.png"):
         assert (out / name).stat().st_size > 0
-    W, H = demo_synthetic.working_size(load_model(None, "tiny", device="cpu"))
+    W, H = native_size_wh(load_model(None, "tiny", device="cpu"))
     listed = set(read_manifest(out)["files"])
     for mode in demo_synthetic.DEMO_MODES:
         for name in ("cameras.json", "points.ply", "gaussians.ply", "scene.html", "report.md",

@@ -20,7 +20,9 @@ scenes in pose L1 (:func:`flare_nb.eval.metrics.pose_l1`) and AUC@30.
 """
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 
@@ -141,8 +143,6 @@ def _table_path():
 
 
 def _stored_fit(mode, n_views, n_scenes, first_seed, arc):
-    import json
-
     path = _table_path()
     if path is None or not path.is_file():
         return None
@@ -159,9 +159,6 @@ def _stored_fit(mode, n_views, n_scenes, first_seed, arc):
 def write_prior_table(path, settings, n_scenes: int = 512, first_seed: int = 0) -> dict:
     """Fit the priors for every ``(mode, n_views, orbit_arc)`` of ``settings`` (fresh fits, no
     table) and write them as JSON to ``path`` (float32 values written exactly). Returns the table."""
-    import json
-    from pathlib import Path
-
     fits = {}
     for mode, n_views, arc in settings:
         arc = ORBIT_ARC if arc is None else tuple(arc)
