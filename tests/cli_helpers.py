@@ -40,3 +40,13 @@ def cli_error(argv, capsys, *needles):
     for n in needles:
         assert n in lines[0], lines[0]
     return lines[0]
+
+
+def finished_case(r: dict, status: int):
+    """The common checks of one recorded ``flare-nb`` run ``r`` (a dict with ``rc``, ``stdout``,
+    ``stderr``, as the case tables of ``test_bad_input`` and ``test_userpath`` record them): the
+    exit code is ``status``, no traceback anywhere. Returns ``(error lines, stderr, stdout)``."""
+    err, out = r["stderr"], r["stdout"]
+    assert r["rc"] == status, (r["rc"], out[-2000:], err[-2000:])
+    assert "Traceback" not in err and "Traceback" not in out, err
+    return [line for line in err.splitlines() if line.startswith("flare-nb: error:")], err, out

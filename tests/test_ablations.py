@@ -30,6 +30,15 @@ def test_each_variant_changes_only_its_switch(base, tmp_path):
         cfg = ab.ablation_config(base, v, 3, 50, tmp_path)
         assert config_diff(ref.to_dict(), cfg.to_dict()) == diff, v
     assert build_model(ab.ablation_config(base, "no_pose_conditioning", 0, 5, tmp_path)).cfg.pose_conditioning is False
+    on = base.replace(**{"loss.match_weight": 1.0, "loss.pose_sign_invariant": True, "pose_noise.stage3_gt_prob": 0.5})
+    ref_on = ab.ablation_config(on, "full", 3, 50, tmp_path)
+    levers = {"no_match_loss": ["loss.match_weight: 1.0 -> 0.0"],
+              "no_sign_invariant": ["loss.pose_sign_invariant: True -> False"],
+              "stage3_never_true_pose": ["pose_noise.stage3_gt_prob: 0.5 -> 0.0"]}
+    assert set(levers) == set(ab.LEVERS) and set(ab.SWITCHES) == set(ab.VARIANTS) | set(ab.LEVERS)
+    for v, diff in levers.items():
+        assert config_diff(ref_on.to_dict(), ab.ablation_config(on, v, 3, 50, tmp_path).to_dict()) == diff, v
+        assert v in ab.DESCRIPTIONS
     small = ab.ablation_config(base, "full", 0, 5, tmp_path, size=(64, 64), n_views=2, batch_size=1)
     assert small.data.size == [64, 64] and small.data.n_views == 2 and small.batch_size == 1
     with pytest.raises(ValueError, match="unknown ablation variant 'nope'"):
@@ -87,6 +96,15 @@ def test_summary_and_table_known_answer(tmp_path):
     assert "| no_pose_noise | 1 | 10.0 ± 0.0 | 0.500 ± 0.000 |" in t
     with pytest.raises(ValueError, match="no ablation rows"):
         ab.summarize([])
+    d = ab.difference_table(rows + [{"variant": "no_pose_noise", "seed": 1, "RRA@15": 20.0, "chamfer": 0.5}],
+                            ("RRA@15", "chamfer"))
+    # RRA: means 15 vs 50, stds 5 and 10 -> -35 / hypot(5, 10) = -3.13; chamfer: both spreads 0, +0.3 -> +inf
+    assert "| no_pose_noise | -35.0 (-3.1) | +0.3000 (+inf) |" in d and "| full |" not in d
+    dd = ab.differences(rows + [{"variant": "no_pose_noise", "seed": 1, "RRA@15": 20.0, "chamfer": 0.5}],
+                        ("RRA@15", "chamfer"))
+    assert dd["no_pose_noise"]["RRA@15"] == pytest.approx({"diff": -35.0, "z": -35.0 / 125 ** 0.5})
+    with pytest.raises(ValueError, match="no rows of the reference variant .full."):
+        ab.difference_table(rows[:1], ("RRA@15",))
     with pytest.raises(FileNotFoundError, match="run_ablations.py"):
         ab.load_results(tmp_path / "missing.json")
     (tmp_path / "bad.json").write_text("{")
@@ -97,3 +115,31 @@ def test_summary_and_table_known_answer(tmp_path):
         ab.load_results(tmp_path / "norows.json")
     (tmp_path / "ok.json").write_text(json.dumps({"rows": rows}))
     assert ab.load_results(tmp_path / "ok.json")["rows"][0]["variant"] == "no_pose_noise"
+
+
+def _results(variants, settings, seeds=(0, 1)):
+    rows = [{"variant": v, "seed": s, "RRA@15": 50.0 + s + (5 if v == "full" else 0), "AUC@30": 0.5,
+             "chamfer": 0.1} for v in variants for s in seeds]
+    return {"command": "python scripts/run_ablations.py (test)", "settings": settings,
+            "variants": {v: {} for v in variants}, "rows": rows}
+
+
+def test_script_rewrites_the_table_and_refuses_another_reference(tmp_path):
+    import subprocess
+    import sys
+
+    st = {"config": "c.yaml", "steps": 10, "size": [64, 64], "n_views": 4, "batch_size": 4, "seeds": [0, 1],
+          "eval_scenes_per_mode": 2, "orbit_arc": [20, 90], "init_from": "w.pt", "lr": 1e-4, "follow_scenes": 0}
+    (tmp_path / "lev").mkdir()
+    (tmp_path / "lev" / "results.json").write_text(json.dumps(_results(["no_match_loss"], st)))
+    (tmp_path / "ref.json").write_text(json.dumps(_results(["full", "direct_global"], st)))
+    cmd = [sys.executable, str(ROOT / "scripts" / "run_ablations.py"), "--table-only", "--out", str(tmp_path / "lev")]
+    r = subprocess.run(cmd + ["--reference", str(tmp_path / "ref.json")], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    md = (tmp_path / "lev" / "results.md").read_text()
+    assert "| full | 2 |" in md and "| no_match_loss | 2 |" in md and "direct_global |" not in md
+    assert "| no_match_loss | -5.0 (-7.1) |" in md          # means 50.5 vs 55.5, stds 0.5 each
+    assert "fine-tuning ablation" in md and "20-90 degree spread" in md
+    (tmp_path / "ref.json").write_text(json.dumps(_results(["full"], dict(st, steps=20))))
+    r = subprocess.run(cmd + ["--reference", str(tmp_path / "ref.json")], capture_output=True, text=True)
+    assert r.returncode == 2 and "other settings (steps)" in r.stderr and "Traceback" not in r.stderr

@@ -33,6 +33,7 @@ from PIL import Image
 
 from flare_nb import data_dir
 from flare_nb.outdir import INCOMPLETE_TAG, MANIFEST, read_manifest
+from cli_helpers import finished_case
 
 REPO = Path(__file__).resolve().parents[1]
 ROOM = data_dir() / "real" / "room"
@@ -432,11 +433,8 @@ def test_the_table_is_large_enough():
 def test_case(case, results):
     cid, _, status, words, opt = case
     r = results[cid]
-    err, out = r["stderr"], r["stdout"]
-    assert r["rc"] == status, (r["rc"], out[-2000:], err[-2000:])
-    assert "Traceback" not in err and "Traceback" not in out, err
+    errors, err, out = finished_case(r, status)
     assert "Warning:" not in err, err                                    # no raw Python warnings
-    errors = [line for line in err.splitlines() if line.startswith("flare-nb: error:")]
     stops = [line for line in err.splitlines() if line.startswith("flare-nb: interrupted")]
     others = [line for line in err.splitlines() if not line.startswith(("flare-nb: error:", "flare-nb: interrupted",
                                                                          "flare-nb: warning:"))]

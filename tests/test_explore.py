@@ -178,3 +178,17 @@ def test_widget_callback_and_widget(model, cache):
     assert {c.description for c in w.children[:-1]} == {"view", "camera axis", "rotation deg", "translation",
                                                         "pose fed to"}
     plt.close("all")
+
+
+def test_unconditioned_model_ignores_the_pose_here_too(images):
+    """A model trained without pose conditioning (the ablation) gets the identity pose in its own
+    forward pass; the notebook helpers must do the same, so a turned pose moves nothing."""
+    torch.manual_seed(0)
+    m = FlareModel(tiny().replace(pose_conditioning=False)).eval()
+    c = explore.run_to_stage2(m, images)
+    with torch.no_grad():
+        out = m(images)
+    torch.testing.assert_close(c["pts3d_cam"], out.pts3d_cam[0])
+    torch.testing.assert_close(explore.run_stage3(m, c)["pts3d"], out.pts3d_global[0])
+    r = explore.perturbation_response(m, c, 1, 10.0, 0.1, stage=3)
+    assert r["learned"].abs().max() == 0 and r["naive"][1] > 0

@@ -9,7 +9,7 @@ import torch
 matplotlib.use("Agg")
 
 from flare_nb import cameras  # noqa: E402
-from flare_nb.nb import explore, pose_explorer as pe, widgets
+from flare_nb.nb import explore, pose_explorer as pe
 from flare_nb.scenes import synthetic
 from flare_nb.model.config import tiny  # noqa: E402
 from flare_nb.model.pose_encoding import decode_c2w, move_camera_in_encoding  # noqa: E402

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from flare_nb import cameras
-from flare_nb.render.ply import rgb_to_sh, sh_to_rgb
+from flare_nb.render.ply import sh_to_rgb
 from flare_nb.render.rasterize import project_gaussians
 from flare_nb.cameras import look_at_point
 from flare_nb.render.splats import (covariance_2d, fit_gaussians, gaussians_from_pointmap, masked_psnr,

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from flare_nb import cameras
-from flare_nb.train.config import TrainConfig, config_diff
+from flare_nb.train.config import TrainConfig, config_diff, load_config
 from flare_nb.train.logs import read_log
 from flare_nb.train.loop import train
 from flare_nb.train.state import load_checkpoint
@@ -114,6 +114,9 @@ def test_train_gpu_script_smoke_on_cpu(tmp_path):
     final = json.loads((out / "final.json").read_text())
     assert final["step"] == 3 and final["val"]["n_scenes"] == 2 and len(final["priors"]) == 3
     assert "final validation: pose L1" in r.stdout and "prior  per_view" in r.stdout
+    cfg = load_config(out / "config.yaml")        # the shipped recipe's data and levers
+    assert cfg.loss.pose_sign_invariant is True and cfg.pose_noise.stage3_gt_prob == 0.5
+    assert cfg.loss.match_weight == 1.0 and cfg.data.orbit_arc == [20, 90] and cfg.data.size == [64, 64]
     sd = torch.load(out / "model.pt", weights_only=True)["model"]
     trained = load_checkpoint(out / "checkpoint.pt")["model"]
     assert sd.keys() == trained.keys() and all(torch.equal(sd[k], trained[k]) for k in sd)

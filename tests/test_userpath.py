@@ -20,6 +20,7 @@ from flare_nb import intrinsics as intr
 from flare_nb import video
 from flare_nb.scenes.preprocess import load_images
 from flare_nb.scenes.synthetic import make_scene
+from cli_helpers import finished_case
 from test_bad_input import FAST, photos, run_case
 
 
@@ -241,11 +242,8 @@ def results(tmp_path_factory):
 def test_case(case, results):
     cid, _, status, words, opt = case
     r = results[cid]
-    err, out = r["stderr"], r["stdout"]
-    assert r["rc"] == status, (r["rc"], out[-2000:], err[-2000:])
-    assert "Traceback" not in err and "Traceback" not in out, err
+    errors, err, out = finished_case(r, status)
     assert r["before"] == r["after"], "files outside --out changed"
-    errors = [ln for ln in err.splitlines() if ln.startswith("flare-nb: error:")]
     if status == 2:
         assert len(errors) == 1, err
         for w in words:

@@ -54,7 +54,7 @@ from flare_nb.model.pose_encoding import (RIGID_TOLERANCE, check_camera_poses,
                                          decode_pose_encoding, given_pose_encoding)
 from flare_nb.model.pose_predictor import CoarsePosePredictor
 
-__all__ = ["FlareModel", "FlareOutput", "RELEASED_PREFIX", "STAGE_MODULES", "OMITTED_KEYS_PREFIXES", "NVS_OMITTED_KEYS_PREFIXES",
+__all__ = ["FlareModel", "FlareOutput", "identity_pose_encoding", "RELEASED_PREFIX", "STAGE_MODULES", "OMITTED_KEYS_PREFIXES", "NVS_OMITTED_KEYS_PREFIXES",
            "omitted_key_prefixes", "INERT_PARAMETERS", "check_camera_poses", "given_pose_encoding",
            "RIGID_TOLERANCE"]
 
@@ -91,7 +91,7 @@ INERT_PARAMETERS = (
 )
 
 
-def _identity_pose_encoding(like: torch.Tensor) -> torch.Tensor:
+def identity_pose_encoding(like: torch.Tensor) -> torch.Tensor:
     """Encodings ``(..., 9)`` of the identity pose (T = 0, q = (1, 0, 0, 0), focal logits 0),
     shaped like ``like``: what stages 2 and 3 receive when ``cfg.pose_conditioning`` is False."""
     out = torch.zeros_like(like).detach()
@@ -271,7 +271,7 @@ class FlareModel(nn.Module):
         if pose_noise is not None:
             pose_enc = pose_noise(pose_enc.detach(), stage)
         if not self.cfg.pose_conditioning:       # ablation (notebook 06): a constant, pose-free camera embedding
-            pose_enc = _identity_pose_encoding(pose_enc)
+            pose_enc = identity_pose_encoding(pose_enc)
         return given if given is not None else pose_enc
 
     def _embed_pose(self, camera_embed_in, enc):

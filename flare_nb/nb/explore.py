@@ -25,6 +25,7 @@ import torch
 
 from flare_nb.cameras import transform_points
 from flare_nb.model.camera_centric import camera_embed_input
+from flare_nb.model.flare import identity_pose_encoding
 from flare_nb.model.pose_encoding import decode_c2w, move_camera_in_encoding
 
 __all__ = ["weights_banner", "trace_dpt", "run_to_stage2", "run_stage3", "perturb_view_pose",
@@ -112,7 +113,11 @@ def run_to_stage2(model, images) -> dict:
 
 def _pose_embedding(model, pose_enc: torch.Tensor, enc: dict) -> tuple[torch.Tensor, torch.Tensor]:
     """What conditions stages 2 and 3 of the geometry model on ``pose_enc (B, V, 9)``: its
-    camera-embedding input ``[q, T / s] (B, V, 7)`` and ``model.embed_pose`` of it ``(B, V, D)``."""
+    camera-embedding input ``[q, T / s] (B, V, 7)`` and ``model.embed_pose`` of it ``(B, V, D)``.
+    A model trained without pose conditioning (``cfg.pose_conditioning = False``) gets the identity
+    pose whatever ``pose_enc`` says, as in its forward pass."""
+    if not model.cfg.pose_conditioning:
+        pose_enc = identity_pose_encoding(pose_enc)
     cam_in = camera_embed_input(pose_enc)
     return cam_in, model.embed_pose(cam_in.to(enc["tokens"].dtype))
 

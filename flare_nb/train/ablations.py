@@ -20,6 +20,10 @@ overrides on top of the base config):
 * ``no_pose_noise`` -- ``pose_noise.prob: 0``: stages 2 and 3 see the exact (detached)
   predicted poses during training, no perturbation.
 
+:data:`LEVERS` switch off, in the same way, the training levers of the shipped recipe (the
+correspondence loss, the sign-invariant rotation loss, stage 3 trained on the true pose half of
+the time); :data:`SWITCHES` holds both.
+
 Each run is scored with the refined (stage-2) poses and the global pointmaps on held-out
 scenes (seeds >= 1 000 000, :func:`flare_nb.eval.evaluate.evaluate_on_synthetic`), and by its loss on
 those scenes under the *full* loss weights (:func:`score_model`).
@@ -41,8 +45,8 @@ from flare_nb.train.loop import train
 from flare_nb.train.state import load_trained_model
 from flare_nb.train.validate import evaluate as train_evaluate
 
-__all__ = ["VARIANTS", "DESCRIPTIONS", "METRICS", "ablation_config", "run_ablation", "score_model", "summarize",
-           "format_ablation_table", "load_results"]
+__all__ = ["VARIANTS", "LEVERS", "SWITCHES", "DESCRIPTIONS", "METRICS", "ablation_config", "run_ablation", "score_model", "summarize",
+           "format_ablation_table", "differences", "difference_table", "load_results"]
 
 VARIANTS: dict[str, dict] = {
     "full": {},
@@ -56,19 +60,34 @@ DESCRIPTIONS = {
     "direct_global": "loss.w_cam = 0: no camera-centric supervision, global pointmaps only",
     "no_pose_noise": "pose_noise.prob = 0: no perturbation of the poses fed to stages 2-3",
 }
-#: the columns of the ablation table (higher is better for all but ``chamfer``)
-METRICS = ("RRA@15", "RTA@15", "AUC@30", "chamfer", "val_loss")
+#: the training levers of the shipped recipe, each switched off in turn (``scripts/run_ablations.py
+#: --variants ...``; not part of the notebook's live loop over :data:`VARIANTS`)
+LEVERS: dict[str, dict] = {
+    "no_match_loss": {"loss.match_weight": 0.0},
+    "no_sign_invariant": {"loss.pose_sign_invariant": False},
+    "stage3_never_true_pose": {"pose_noise.stage3_gt_prob": 0.0},
+}
+DESCRIPTIONS.update({
+    "no_match_loss": "loss.match_weight = 0: no correspondence (InfoNCE) loss on the descriptors",
+    "no_sign_invariant": "loss.pose_sign_invariant = false: the rotation loss compares q, not min(|q - q*|, |q + q*|)",
+    "stage3_never_true_pose": "pose_noise.stage3_gt_prob = 0: stage 3 always trains on the predicted (noised) pose, "
+                              "never on the true one",
+})
+#: every switch :func:`ablation_config` knows: the paper's ablations, then the levers
+SWITCHES: dict[str, dict] = {**VARIANTS, **LEVERS}
+#: the columns of the ablation table (higher is better for all but ``pose_L1``, ``chamfer`` and ``val_loss``)
+METRICS = ("RRA@15", "RTA@15", "AUC@30", "pose_L1", "chamfer", "val_loss")
 
 
 def ablation_config(base, variant: str, seed: int, steps: int, out_dir, size: Sequence[int] | None = None,
                     n_views: int | None = None, batch_size: int | None = None, warmup_steps: int | None = None):
     """The :class:`~flare_nb.train.config.TrainConfig` of one ablation run: ``base`` (a
-    ``TrainConfig``) with the overrides of ``VARIANTS[variant]``, ``seed``, ``steps``,
+    ``TrainConfig``) with the overrides of ``SWITCHES[variant]``, ``seed``, ``steps``,
     ``run.out_dir = out_dir``, fresh (``run.resume: false``), quiet, no periodic validation
     or checkpoints; optionally a smaller ``size (W, H)``, ``n_views``, ``batch_size`` and
     ``warmup_steps`` (default: a tenth of ``steps``)."""
-    if variant not in VARIANTS:
-        raise ValueError(f"unknown ablation variant {variant!r}; expected one of {list(VARIANTS)}")
+    if variant not in SWITCHES:
+        raise ValueError(f"unknown ablation variant {variant!r}; expected one of {list(SWITCHES)}")
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ValueError(f"ablation steps must be a positive int, got {steps!r}")
     over = {"seed": int(seed), "steps": steps, "run.out_dir": str(out_dir), "run.resume": False,
@@ -81,18 +100,19 @@ def ablation_config(base, variant: str, seed: int, steps: int, out_dir, size: Se
         over["data.n_views"] = int(n_views)
     if batch_size is not None:
         over["batch_size"] = int(batch_size)
-    over.update(VARIANTS[variant])
+    over.update(SWITCHES[variant])
     return base.replace(**over).validate()
 
 
 def run_ablation(base, variant: str, seed: int, steps: int, out_root, eval_scenes: int = 8,
                  modes: Sequence[str] = ("orbit", "forward"), size=None, n_views=None, batch_size=None,
-                 threads: int = 0, rescore: bool = False) -> dict:
+                 threads: int = 0, rescore: bool = False, orbit_arc=None) -> dict:
     """Train one variant with one seed and score it; returns one result row.
 
     ``out_root/<variant>_seed<seed>/`` receives the run (``checkpoint.pt``, ``log.jsonl``); with
     ``rescore=True`` nothing is trained: that run's checkpoint is loaded and scored again. The
-    model is scored by :func:`score_model`. Row: ``variant, seed, steps, size, n_views,
+    model is scored by :func:`score_model` (``orbit_arc``: the held-out orbits' spread, default
+    the generator's). Row: ``variant, seed, steps, size, n_views,
     train_s`` (the run's logged training time), ``final_train_loss`` and the scores."""
 
     out_dir = Path(out_root) / f"{variant}_seed{seed}"
@@ -112,14 +132,16 @@ def run_ablation(base, variant: str, seed: int, steps: int, out_root, eval_scene
     W, H = cfg.data.size
     out = {"variant": variant, "seed": int(seed), "steps": steps, "size": f"{W}x{H}", "n_views": cfg.data.n_views,
            "train_s": round(float(train_recs[-1]["time"]), 1), "final_train_loss": train_recs[-1]["loss"]}
-    out.update(score_model(model, base, eval_scenes, modes, (W, H), cfg.data.n_views, name=variant))
+    out.update(score_model(model, base, eval_scenes, modes, (W, H), cfg.data.n_views, name=variant,
+                           orbit_arc=orbit_arc))
     return out
 
 
 def score_model(model, base, eval_scenes: int = 8, modes: Sequence[str] = ("orbit", "forward"), size=(64, 64),
-                n_views: int = 4, name: str = "model") -> dict:
-    """Scores of a trained model on ``eval_scenes`` held-out scenes per mode: the mean over the
-    scenes of ``RRA@5, RRA@15, RTA@15, AUC@30`` (refined stage-2 poses) and ``chamfer`` (global
+                n_views: int = 4, name: str = "model", orbit_arc=None) -> dict:
+    """Scores of a trained model on ``eval_scenes`` held-out scenes per mode (orbits spread over
+    ``orbit_arc = (lo, hi)`` degrees, default the generator's): the mean over the scenes of
+    ``RRA@5, RRA@15, RTA@15, AUC@30, pose_L1`` (refined stage-2 poses) and ``chamfer`` (global
     pointmaps), via :func:`flare_nb.eval.evaluate.flare_method`, plus ``val_loss``: the trainer's loss
     without pose noise (:func:`flare_nb.train.validate.evaluate`) under ``base``'s loss weights -- the
     same weights for every variant, so ``direct_global`` (``w_cam = 0`` in training) is still
@@ -127,11 +149,12 @@ def score_model(model, base, eval_scenes: int = 8, modes: Sequence[str] = ("orbi
 
     seeds = held_out_seeds(eval_scenes)
     rows = evaluate_on_synthetic(flare_method(model=model, poses="stage2"), seeds, n_views, tuple(size), list(modes),
-                                 method=name)
+                                 method=name, orbit_arc=orbit_arc)
     vcfg = base.replace(**{"data.n_views": n_views, "data.size": list(size)})
-    val = train_evaluate(model, SyntheticDataset(seeds, n_views, tuple(size), list(modes)), vcfg, "cpu")
+    arc = {} if orbit_arc is None else {"orbit_arc": tuple(orbit_arc)}
+    val = train_evaluate(model, SyntheticDataset(seeds, n_views, tuple(size), list(modes), **arc), vcfg, "cpu")
     out = {"eval_scenes": len(rows), "val_loss": val["loss"]}
-    for k in ("RRA@5", "RRA@15", "RTA@15", "AUC@30", "chamfer"):
+    for k in ("RRA@5", "RRA@15", "RTA@15", "AUC@30", "pose_L1", "chamfer"):
         vals = [r[k] for r in rows if k in r and r[k] is not None and math.isfinite(r[k])]
         out[k] = float(np.mean(vals)) if vals else float("nan")
     return out
@@ -139,10 +162,10 @@ def score_model(model, base, eval_scenes: int = 8, modes: Sequence[str] = ("orbi
 
 def summarize(rows: Sequence[dict], metrics: Sequence[str] = METRICS) -> dict:
     """``{variant: {metric: {"mean", "std", "n"}}}`` over the seeds (population std,
-    ``ddof=0``), variants in the order of :data:`VARIANTS` then any others; NaNs skipped."""
+    ``ddof=0``), variants in the order of :data:`SWITCHES` then any others; NaNs skipped."""
     if not rows:
         raise ValueError("summarize: no ablation rows")
-    order = [v for v in VARIANTS if any(r.get("variant") == v for r in rows)]
+    order = [v for v in SWITCHES if any(r.get("variant") == v for r in rows)]
     order += sorted({r["variant"] for r in rows} - set(order))
     out = {}
     for v in order:
@@ -171,6 +194,48 @@ def format_ablation_table(rows: Sequence[dict], metrics: Sequence[str] = METRICS
     for v, ms in summ.items():
         n = len({r["seed"] for r in rows if r["variant"] == v})
         lines.append("| " + " | ".join([v, str(n), *[_cell(m, ms[m]) for m in metrics]]) + " |")
+    return "\n".join(lines)
+
+
+def differences(rows: Sequence[dict], metrics: Sequence[str] = METRICS, reference: str = "full") -> dict:
+    """``{variant: {metric: {"diff", "z"}}}`` for every variant but ``reference``: the difference
+    of the means from ``reference``'s, and that difference over the combined spread
+    ``sqrt(std_v^2 + std_ref^2)`` of the two (population stds over seeds; ``inf`` when both are 0
+    and the means differ). ``|z| > 2``: a difference larger than the seeds' scatter. A metric
+    missing on either side is left out."""
+    summ = summarize(rows, metrics)
+    if reference not in summ:
+        raise ValueError(f"differences: no rows of the reference variant {reference!r}")
+    ref = summ[reference]
+    out = {}
+    for v, ms in summ.items():
+        if v == reference:
+            continue
+        out[v] = {}
+        for m in metrics:
+            a, b = ms[m], ref[m]
+            if a["n"] == 0 or b["n"] == 0:
+                continue
+            d, spread = a["mean"] - b["mean"], math.hypot(a["std"], b["std"])
+            out[v][m] = {"diff": d, "z": d / spread if spread > 0 else (0.0 if d == 0 else math.copysign(math.inf, d))}
+    return out
+
+
+def difference_table(rows: Sequence[dict], metrics: Sequence[str] = METRICS, reference: str = "full") -> str:
+    """Markdown table of :func:`differences`, one line per variant: ``-0.0100 (-3.6)`` reads
+    "0.0100 lower than ``reference``, 3.6 combined stds"."""
+    diffs = differences(rows, metrics, reference)
+    head = ["variant", *[f"{m} diff (z)" for m in metrics]]
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] * len(head)) + "|"]
+    for v, ms in diffs.items():
+        cells = []
+        for m in metrics:
+            if m not in ms:
+                cells.append("-")
+                continue
+            f = "{:+.1f}" if m.startswith(("RRA", "RTA")) else "{:+.4f}"
+            cells.append(f"{f.format(ms[m]['diff'])} ({ms[m]['z']:+.1f})")
+        lines.append("| " + " | ".join([v, *cells]) + " |")
     return "\n".join(lines)
 
 
