@@ -34,7 +34,8 @@ def test_each_variant_changes_only_its_switch(base, tmp_path):
     ref_on = ab.ablation_config(on, "full", 3, 50, tmp_path)
     levers = {"no_match_loss": ["loss.match_weight: 1.0 -> 0.0"],
               "no_sign_invariant": ["loss.pose_sign_invariant: True -> False"],
-              "stage3_never_true_pose": ["pose_noise.stage3_gt_prob: 0.5 -> 0.0"]}
+              "stage3_never_true_pose": ["pose_noise.stage3_gt_prob: 0.5 -> 0.0"],
+              "stage3_follow_target": ["pose_noise.stage3_follow_target: False -> True"]}
     assert set(levers) == set(ab.LEVERS) and set(ab.SWITCHES) == set(ab.VARIANTS) | set(ab.LEVERS)
     for v, diff in levers.items():
         assert config_diff(ref_on.to_dict(), ab.ablation_config(on, v, 3, 50, tmp_path).to_dict()) == diff, v

@@ -70,3 +70,84 @@ def test_stage3_gt_prob_half_mixes_per_scene_and_is_seeded():
 def test_stage3_gt_prob_is_validated(bad):
     with pytest.raises(ValueError, match="stage3_gt_prob"):
         _cfg(stage3_gt_prob=bad).validate()
+
+
+# ---------------------------------------------------------------- pose_noise.stage3_follow_target
+
+def test_follow_target_poses_inverts_the_pose_targets():
+    from flare_nb.cameras import relative_to_view0
+    from flare_nb.train.losses import follow_target_poses
+
+    c2w = _c2w(B=3, V=4, seed=2).double()
+    rel = torch.stack([relative_to_view0(p) for p in c2w])
+    back = follow_target_poses(gt_pose_encoding(c2w, torch.zeros(3, 4, 9, dtype=torch.float64)), c2w)
+    assert back.dtype == torch.float64 and back.shape == (3, 4, 4, 4)
+    assert torch.allclose(back, rel, atol=1e-12)
+    with pytest.raises(ValueError, match="do not match"):
+        follow_target_poses(torch.zeros(3, 2, 9), c2w)
+
+
+def test_follow_target_moves_the_global_target_with_the_given_pose_only():
+    from flare_nb.model.pose_encoding import move_camera_in_encoding
+    from flare_nb.train.losses import follow_target_poses, geometry_loss
+
+    c2w = _c2w(B=1, V=3, seed=3)
+    g = torch.Generator().manual_seed(0)
+    gt_cam = torch.randn(1, 3, 4, 5, 3, generator=g) + torch.tensor([0.0, 0.0, 4.0])
+    valid = torch.ones(1, 3, 4, 5, dtype=torch.bool)
+    conf = torch.ones(1, 3, 4, 5)
+    enc = gt_pose_encoding(c2w, torch.zeros(1, 3, 9))
+    turned = move_camera_in_encoding(enc[0], 1, rot_deg=(0.0, 10.0, 0.0))[None]
+    rel_t = follow_target_poses(turned, c2w)
+    rel = follow_target_poses(enc, c2w)
+    from flare_nb.cameras import transform_points
+    placed = transform_points(rel_t[:, :, None], gt_cam)            # what a stage 3 that follows would output
+    truth = transform_points(rel[:, :, None], gt_cam)
+    assert torch.equal(placed[:, [0, 2]], truth[:, [0, 2]]) and not torch.allclose(placed[:, 1], truth[:, 1])
+    _, follow = geometry_loss(None, None, placed, conf, gt_cam, c2w, valid, rel_global=rel_t)
+    _, plain = geometry_loss(None, None, placed, conf, gt_cam, c2w, valid)
+    eps = 64 * torch.finfo(torch.float32).eps                      # float32 round-off of a few matrix products
+    assert follow["err_global"] < eps < plain["err_global"]
+    # the camera-centric term keeps the ground truth
+    a = geometry_loss(gt_cam, conf, placed, conf, gt_cam, c2w, valid, rel_global=rel_t)[1]["err_cam"]
+    assert a < eps
+
+
+def test_the_hook_keeps_what_it_fed_stage_3_for_the_true_pose_scenes():
+    c2w, enc = _c2w(B=16, seed=1), torch.randn(16, 3, 9)
+    cfg = _cfg(prob=1.0, stage3_gt_prob=0.5, stage3_follow_target=True)
+    hook = pose_noise_hook(cfg, 3, list(range(16)), c2w)
+    fed = hook(enc, 3)
+    assert 0 < len(hook.stage3_true) < 16
+    for i in range(16):
+        if i in hook.stage3_true:
+            assert torch.equal(hook.stage3_true[i], fed[i])
+        else:      # predicted pose, perturbed: no entry, the target stays the ground truth
+            assert not torch.allclose(fed[i], gt_pose_encoding(c2w, enc)[i], atol=0.05)
+    hook(enc, 2)
+    assert len(hook.stage3_true) > 0                                 # stage 2 leaves stage 3's record alone
+
+
+def test_follow_target_is_validated():
+    with pytest.raises(ValueError, match="stage3_follow_target.*stage3_gt_prob > 0"):
+        _cfg(stage3_follow_target=True).validate()
+    with pytest.raises(ValueError, match="stage3_follow_target"):
+        _cfg(stage3_gt_prob=0.5, stage3_follow_target="yes").validate()
+
+
+def test_follow_target_reaches_the_global_loss_of_a_training_step(tmp_path):
+    from flare_nb.train.logs import read_log
+    from flare_nb.train.loop import train
+
+    def first(follow):
+        cfg = TrainConfig().replace(**{
+            "steps": 1, "batch_size": 2, "data.n_views": 2, "data.size": [64, 64], "data.train_seeds": [0, 2],
+            "data.val_seeds": [], "run.out_dir": str(tmp_path / str(follow)), "run.progress": False,
+            "run.val_every": 0, "run.log_every": 1, "run.threads": 1, "pose_noise.prob": 1.0,
+            "pose_noise.stage3_gt_prob": 1.0, "pose_noise.stage3_follow_target": follow}).validate()
+        train(cfg)
+        return [r for r in read_log(tmp_path / str(follow) / "log.jsonl") if r.get("kind") == "train"][0]
+
+    on, off = first(True), first(False)
+    assert on["geo_cam"] == off["geo_cam"] and on["pose"] == off["pose"]     # same weights, data and noise
+    assert on["geo_global"] != off["geo_global"]

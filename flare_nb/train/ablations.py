@@ -22,7 +22,8 @@ overrides on top of the base config):
 
 :data:`LEVERS` switch off, in the same way, the training levers of the shipped recipe (the
 correspondence loss, the sign-invariant rotation loss, stage 3 trained on the true pose half of
-the time); :data:`SWITCHES` holds both.
+the time), and switch on one that is not in it (stage 3's global target placed with the true pose
+it was given, ``pose_noise.stage3_follow_target``); :data:`SWITCHES` holds both.
 
 Each run is scored with the refined (stage-2) poses and the global pointmaps on held-out
 scenes (seeds >= 1 000 000, :func:`flare_nb.eval.evaluate.evaluate_on_synthetic`), and by its loss on
@@ -60,18 +61,21 @@ DESCRIPTIONS = {
     "direct_global": "loss.w_cam = 0: no camera-centric supervision, global pointmaps only",
     "no_pose_noise": "pose_noise.prob = 0: no perturbation of the poses fed to stages 2-3",
 }
-#: the training levers of the shipped recipe, each switched off in turn (``scripts/run_ablations.py
+#: the training levers of the shipped recipe, each switched off in turn, and one not in it switched on (``scripts/run_ablations.py
 #: --variants ...``; not part of the notebook's live loop over :data:`VARIANTS`)
 LEVERS: dict[str, dict] = {
     "no_match_loss": {"loss.match_weight": 0.0},
     "no_sign_invariant": {"loss.pose_sign_invariant": False},
     "stage3_never_true_pose": {"pose_noise.stage3_gt_prob": 0.0},
+    "stage3_follow_target": {"pose_noise.stage3_follow_target": True},
 }
 DESCRIPTIONS.update({
     "no_match_loss": "loss.match_weight = 0: no correspondence (InfoNCE) loss on the descriptors",
     "no_sign_invariant": "loss.pose_sign_invariant = false: the rotation loss compares q, not min(|q - q*|, |q + q*|)",
     "stage3_never_true_pose": "pose_noise.stage3_gt_prob = 0: stage 3 always trains on the predicted (noised) pose, "
                               "never on the true one",
+    "stage3_follow_target": "pose_noise.stage3_follow_target = true: when stage 3 is fed the (perturbed) true pose, "
+                            "its global target places the true points with that pose",
 })
 #: every switch :func:`ablation_config` knows: the paper's ablations, then the levers
 SWITCHES: dict[str, dict] = {**VARIANTS, **LEVERS}

@@ -30,7 +30,11 @@ def pose_noise_hook(cfg: TrainConfig, step: int, slots, c2w: torch.Tensor | None
     on how the batch is split over processes. With ``pose_noise.stage3_gt_prob > 0`` and the
     batch's ground-truth cameras ``c2w (b, V, 4, 4)``, a sample's pose fed to stage 3 is first
     replaced by the ground truth with that probability (drawn from the same generator). ``None``
-    when neither is on."""
+    when neither is on.
+
+    The hook keeps, in ``hook.stage3_true``, the pose encoding ``(V, 9)`` it fed to stage 3 for each
+    sample index that got the (perturbed) true pose in the last forward: the targets of
+    ``pose_noise.stage3_follow_target`` (:func:`flare_nb.train.losses.follow_target_poses`)."""
     pn = cfg.pose_noise
     use_gt = pn.stage3_gt_prob > 0 and c2w is not None
     if pn.prob <= 0 and not use_gt:
@@ -41,15 +45,21 @@ def pose_noise_hook(cfg: TrainConfig, step: int, slots, c2w: torch.Tensor | None
         with torch.autocast(enc.device.type, enabled=False):      # the noise in float32 under bf16 too
             enc = enc.float()
             gt = gt_pose_encoding(c2w.to(enc.device), enc) if use_gt and stage == 3 else None
+            if stage == 3:
+                hook.stage3_true = {}
             out = []
             for i, s in enumerate(slots):
                 g = slot_generator(cfg.seed, step, int(s), stage)
                 e = enc[i]
-                if gt is not None and float(torch.rand((), generator=g)) < pn.stage3_gt_prob:
+                true = gt is not None and float(torch.rand((), generator=g)) < pn.stage3_gt_prob
+                if true:
                     e = gt[i]
                 out.append(perturb_pose_encoding(e, pn.prob, deg, pn.trans_std, g) if pn.prob > 0 else e)
+                if true:
+                    hook.stage3_true[i] = out[-1].detach()
             return torch.stack(out)
 
+    hook.stage3_true = {}
     return hook
 
 

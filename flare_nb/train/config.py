@@ -107,6 +107,10 @@ class PoseNoiseConfig:
     stage3_gt_prob: float = 0.0        # chance that a scene's pose fed to stage 3 is the ground truth
                                        # (then perturbed as above) instead of stage 2's refined pose;
                                        # 0 as released. Teaches stage 3 to follow its pose (notebook 04)
+    stage3_follow_target: bool = False # with stage3_gt_prob > 0: in the scenes where stage 3 is fed the
+                                       # (perturbed) true pose, its global target places each view's true
+                                       # points with that perturbed pose, so following the pose is what the
+                                       # loss rewards (flare_nb.train.losses.follow_target_poses)
 
 
 @dataclass
@@ -262,6 +266,9 @@ class TrainConfig:
         need(0 <= n.prob <= 1, "pose_noise.prob", "a probability in [0, 1]")
         need(isinstance(n.stage3_gt_prob, (int, float)) and not isinstance(n.stage3_gt_prob, bool)
              and 0 <= n.stage3_gt_prob <= 1, "pose_noise.stage3_gt_prob", "a probability in [0, 1]")
+        need(isinstance(n.stage3_follow_target, bool), "pose_noise.stage3_follow_target", "true or false")
+        need(not n.stage3_follow_target or n.stage3_gt_prob > 0, "pose_noise.stage3_follow_target",
+             "pose_noise.stage3_gt_prob > 0 with it (it changes the target of the scenes fed the true pose)")
         need(n.stage2_deg >= 0 and n.stage3_deg >= 0 and n.trans_std >= 0, "pose_noise.stage2_deg",
              "non-negative noise magnitudes")
         r = self.run

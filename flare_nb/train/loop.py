@@ -304,6 +304,8 @@ def _train(cfg, dataset, val_dataset, stop_at, callback, world, rank, local, res
                 kw["local_features"] = True
             with autocast_context(device, amp):
                 out = net(images, **kw)
+            if cfg.pose_noise.stage3_follow_target and "pose_noise" in kw:
+                batch = {**batch, "stage3_true": kw["pose_noise"].stage3_true}
             loss, parts = compute_losses(out, b_to(batch, device), cfg)
             _check_finite(loss, "loss", step, batch, parts, ck_path, saved[0], ddp, device)
             opt.zero_grad(set_to_none=True)

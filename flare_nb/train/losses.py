@@ -10,6 +10,8 @@ All functions work on plain tensors so they can be read and tested on their own:
   the origin over all views.
 * :func:`geometry_loss` -- FLARE's two geometry terms: camera-centric pointmaps (moved to
   view 0's frame with the ground-truth pose, weight 0.5) and global pointmaps (weight 1.0).
+* :func:`follow_target_poses` -- the poses that place the global target when stage 3 is to follow
+  the (perturbed) true pose it was given (``pose_noise.stage3_follow_target``, not in the release).
 
 Pose encodings follow :mod:`flare_nb.model.pose_predictor`: ``(..., 9) = [T(3), q wxyz(4),
 focal logits(2)]``, camera-to-world relative to view 0 (README "Conventions").
@@ -20,8 +22,8 @@ import torch
 import torch.nn.functional as F
 
 from flare_nb.cameras import (matrix_to_quat, mean_distance,
-                              normalize_translation, relative_to_view0,
-                              transform_points)
+                              normalize_translation, quat_to_matrix,
+                              relative_to_view0, transform_points)
 
 
 def gt_pose_targets(c2w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -33,6 +35,24 @@ def gt_pose_targets(c2w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """
     rel = torch.stack([normalize_translation(relative_to_view0(p))[0] for p in c2w])
     return rel[..., :3, 3], matrix_to_quat(rel[..., :3, :3])
+
+
+def follow_target_poses(pose_enc: torch.Tensor, c2w: torch.Tensor) -> torch.Tensor:
+    """The poses ``(B, V, 4, 4)`` relative to view 0, in the units of ``c2w (B, V, 4, 4)``, that the
+    pose encodings ``pose_enc (B, V, 9)`` stand for: ``R`` from the (normalised) quaternion, ``t = T``
+    times the mean translation norm of ``c2w``'s poses relative to view 0 (the scale
+    :func:`gt_pose_targets` divides by). The inverse of :func:`gt_pose_targets` for ``c2w``'s own
+    encoding; for a perturbed one, the poses whose global target moves with the perturbation. Detached.
+    """
+    if pose_enc.shape[:-1] != c2w.shape[:-2] or pose_enc.shape[-1] < 7:
+        raise ValueError(f"pose encodings {tuple(pose_enc.shape)} do not match poses {tuple(c2w.shape)}")
+    scale = torch.stack([normalize_translation(relative_to_view0(p))[1] for p in c2w.detach()])   # (B,)
+    e = pose_enc.detach().to(c2w.dtype)
+    rel = torch.zeros_like(c2w)
+    rel[..., :3, :3] = quat_to_matrix(e[..., 3:7])
+    rel[..., :3, 3] = e[..., :3] * scale.view(-1, 1, 1)
+    rel[..., 3, 3] = 1.0
+    return rel
 
 
 def _elementwise(x: torch.Tensor, y: torch.Tensor, kind: str, delta: float) -> torch.Tensor:
@@ -96,7 +116,8 @@ def confidence_loss(pred: torch.Tensor, conf: torch.Tensor, gt: torch.Tensor, va
 
 def geometry_loss(pts_cam: torch.Tensor, conf_cam: torch.Tensor, pts_global: torch.Tensor,
                   conf_global: torch.Tensor, gt_cam: torch.Tensor, c2w_gt: torch.Tensor, valid: torch.Tensor,
-                  w_cam: float = 0.5, w_global: float = 1.0, alpha: float = 0.2) -> tuple[torch.Tensor, dict]:
+                  w_cam: float = 0.5, w_global: float = 1.0, alpha: float = 0.2,
+                  rel_global: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
     """FLARE's geometry loss.
 
     ``pts_cam (B, V, H, W, 3)``: predicted camera-centric pointmaps, each in its own camera
@@ -106,14 +127,17 @@ def geometry_loss(pts_cam: torch.Tensor, conf_cam: torch.Tensor, pts_global: tor
     ``gt_cam`` divided by their mean distance, so both live at the same scale) before the
     loss, as the released code does; the global prediction is compared with the ground truth
     expressed in view 0's frame. ``pts_cam = conf_cam = None`` (the NVS model, which has no
-    camera-centric head) leaves only the global term (``geo_cam`` is then 0).
+    camera-centric head) leaves only the global term (``geo_cam`` is then 0). ``rel_global (B, V, 4, 4)``:
+    other poses relative to view 0 (units of ``c2w_gt``) that place the global target
+    (:func:`follow_target_poses`); the camera-centric term keeps the ground truth.
     """
     B, V = gt_cam.shape[:2]
     rel = torch.stack([relative_to_view0(p) for p in c2w_gt.to(gt_cam.dtype)])           # (B, V, 4, 4)
     gt_v0 = transform_points(rel[:, :, None], gt_cam)                                    # (B, V, H, W, 3)
+    gt_glob = gt_v0 if rel_global is None else transform_points(rel_global.to(gt_cam)[:, :, None], gt_cam)
     s = mean_distance(gt_v0, valid).view(B, 1, 1, 1)
     if pts_cam is None:
-        l_glob, e_glob = confidence_loss(pts_global, conf_global, gt_v0, valid, alpha)
+        l_glob, e_glob = confidence_loss(pts_global, conf_global, gt_glob, valid, alpha)
         zero = l_glob.new_zeros(())
         return w_global * l_glob, {"geo_cam": zero, "geo_global": l_glob.detach(), "err_cam": zero,
                                    "err_global": e_glob}
@@ -123,6 +147,6 @@ def geometry_loss(pts_cam: torch.Tensor, conf_cam: torch.Tensor, pts_global: tor
     pc = pts_cam / mean_distance(pts_cam, valid).view(B, 1, 1, 1, 1) * mean_distance(gt_cam / s.view(B, 1, 1, 1, 1), valid).view(B, 1, 1, 1, 1)
     pc_v0 = transform_points(rel_n[:, :, None], pc)
     l_cam, e_cam = confidence_loss(pc_v0, conf_cam, gt_v0, valid, alpha)
-    l_glob, e_glob = confidence_loss(pts_global, conf_global, gt_v0, valid, alpha)
+    l_glob, e_glob = confidence_loss(pts_global, conf_global, gt_glob, valid, alpha)
     return w_cam * l_cam + w_global * l_glob, {"geo_cam": l_cam.detach(), "geo_global": l_glob.detach(),
                                                "err_cam": e_cam, "err_global": e_glob}

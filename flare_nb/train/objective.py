@@ -9,7 +9,7 @@ from flare_nb.render.losses import PerceptualLoss, depth_loss, mse, ssim
 from flare_nb.render.targets import render_targets
 from flare_nb.train.config import TrainConfig
 from flare_nb.train.correspondence import match_loss
-from flare_nb.train.losses import geometry_loss, pose_loss
+from flare_nb.train.losses import follow_target_poses, geometry_loss, pose_loss
 
 __all__ = ["compute_losses", "render_loss"]
 
@@ -22,7 +22,9 @@ def compute_losses(out, batch: dict, cfg: TrainConfig) -> tuple[torch.Tensor, di
     runs over all stage-1 then stage-2 pose iterations (:func:`flare_nb.train.losses.pose_loss`); the
     geometry loss (:func:`flare_nb.train.losses.geometry_loss`) is computed per scene and averaged over
     the scenes. Everything in float32. ``parts`` holds detached scalars ``pose``, ``geometry``,
-    ``pose_rot``, ``pose_trans``, ``geo_cam``, ``geo_global``.
+    ``pose_rot``, ``pose_trans``, ``geo_cam``, ``geo_global``. With ``batch["stage3_true"]`` (``{scene
+    index: (V, 9) pose encoding fed to stage 3}``, ``pose_noise.stage3_follow_target``) those scenes'
+    global targets are placed with the given poses (:func:`flare_nb.train.losses.follow_target_poses`).
     """
 
     L = cfg.loss
@@ -43,6 +45,7 @@ def compute_losses(out, batch: dict, cfg: TrainConfig) -> tuple[torch.Tensor, di
         depth = depth.float()
         valid = depth > 0
         gt_cam = unproject_depth(depth, batch["K"].float())
+        follow = batch.get("stage3_true") or {}      # pose_noise.stage3_follow_target (flare_nb.train.augment)
         per, cam, glob = [], [], []
         for b in range(depth.shape[0]):
             s = slice(b, b + 1)
@@ -56,7 +59,8 @@ def compute_losses(out, batch: dict, cfg: TrainConfig) -> tuple[torch.Tensor, di
             lg, gp = geometry_loss(out.pts3d_cam[s].float() if has_cam else None,
                                    out.conf_cam[s].float() if has_cam else None, out.pts3d_global[s].float(),
                                    out.conf_global[s].float(), gt_cam[s], c2w[s], valid[s],
-                                   w_cam=L.w_cam, w_global=L.w_global, alpha=L.conf_alpha)
+                                   w_cam=L.w_cam, w_global=L.w_global, alpha=L.conf_alpha,
+                                   rel_global=follow_target_poses(follow[b][None], c2w[s]) if b in follow else None)
             per.append(lg)
             cam.append(gp["geo_cam"])
             glob.append(gp["geo_global"])
