@@ -57,12 +57,12 @@ def follow_ratio(checkpoint: Path, scenes: int, size, n_views: int, orbit_arc) -
 def markdown(result: dict, trained_by: str | None = None, reference: dict | None = None) -> str:
     """``results.md`` of one ``results.json`` dict: the command, the settings in words, the mean ±
     std table and the differences from ``full`` (``flare_nb.train.ablations.difference_table``).
-    ``reference``: another results dict whose ``full`` rows (same settings) join the table, for
-    a run of other variants only."""
+    ``reference``: another results dict whose ``full`` rows (same settings; only the seeds of
+    ``result``) join the table, for a run of other variants only."""
     st, rows = result["settings"], list(result["rows"])
     variants = list(result["variants"])
     if reference is not None:
-        rows = [r for r in reference["rows"] if r["variant"] == "full"] + rows
+        rows = [r for r in reference["rows"] if r["variant"] == "full" and r["seed"] in st["seeds"]] + rows
     metrics = [m for m in (*BASE_METRICS, "follow") if any(m in r for r in rows)]
     arc = st.get("orbit_arc")
     W, H = st["size"]
@@ -135,7 +135,7 @@ def main(argv=None) -> int:
     p.add_argument("--table-only", action="store_true",
                    help="train and score nothing: write results.md again from --out's results.json")
     p.add_argument("--reference", default=None, metavar="RESULTS_JSON",
-                   help="with --table-only: join the 'full' rows of this results.json (same settings) to the table")
+                   help="with --table-only: join the 'full' rows of this results.json (same settings, the same seeds) to the table")
     a = p.parse_args(argv)
 
     out = Path(a.out)
@@ -149,6 +149,8 @@ def main(argv=None) -> int:
             if diff:
                 p.error(f"--reference {a.reference} was run with other settings ({', '.join(diff)}); "
                         "its 'full' rows are not comparable")
+            if not any(r["variant"] == "full" and r["seed"] in result["settings"]["seeds"] for r in ref["rows"]):
+                p.error(f"--reference {a.reference} has no 'full' row with the seeds {result['settings']['seeds']}")
         (out / "results.md").write_text(markdown(result, reference=ref))
         print(f"wrote {out / 'results.md'}")
         return 0
@@ -199,7 +201,8 @@ def main(argv=None) -> int:
     (out / "results.json").write_text(json.dumps(result, indent=1))
     (out / "results.md").write_text(markdown(result, trained_by=trained_by))
     say(table)
-    say(f"done in {result['total_s']:.0f} s; wrote {out / 'results.json'} and {out / 'results.md'}")
+    shown = out.resolve().relative_to(ROOT) if out.resolve().is_relative_to(ROOT) else out
+    say(f"done in {result['total_s']:.0f} s; wrote {shown / 'results.json'} and {shown / 'results.md'}")
     return 0
 
 

@@ -133,14 +133,17 @@ def test_script_rewrites_the_table_and_refuses_another_reference(tmp_path):
           "eval_scenes_per_mode": 2, "orbit_arc": [20, 90], "init_from": "w.pt", "lr": 1e-4, "follow_scenes": 0}
     (tmp_path / "lev").mkdir()
     (tmp_path / "lev" / "results.json").write_text(json.dumps(_results(["no_match_loss"], st)))
-    (tmp_path / "ref.json").write_text(json.dumps(_results(["full", "direct_global"], st)))
+    (tmp_path / "ref.json").write_text(json.dumps(_results(["full", "direct_global"], st, seeds=(0, 1, 2))))
     cmd = [sys.executable, str(ROOT / "scripts" / "run_ablations.py"), "--table-only", "--out", str(tmp_path / "lev")]
     r = subprocess.run(cmd + ["--reference", str(tmp_path / "ref.json")], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     md = (tmp_path / "lev" / "results.md").read_text()
-    assert "| full | 2 |" in md and "| no_match_loss | 2 |" in md and "direct_global |" not in md
+    assert "| full | 2 |" in md and "| no_match_loss | 2 |" in md and "direct_global |" not in md   # seeds 0, 1 only
     assert "| no_match_loss | -5.0 (-7.1) |" in md          # means 50.5 vs 55.5, stds 0.5 each
     assert "fine-tuning ablation" in md and "20-90 degree spread" in md
     (tmp_path / "ref.json").write_text(json.dumps(_results(["full"], dict(st, steps=20))))
     r = subprocess.run(cmd + ["--reference", str(tmp_path / "ref.json")], capture_output=True, text=True)
     assert r.returncode == 2 and "other settings (steps)" in r.stderr and "Traceback" not in r.stderr
+    (tmp_path / "ref.json").write_text(json.dumps(_results(["full"], st, seeds=(5,))))
+    r = subprocess.run(cmd + ["--reference", str(tmp_path / "ref.json")], capture_output=True, text=True)
+    assert r.returncode == 2 and "no 'full' row with the seeds [0, 1]" in r.stderr and "Traceback" not in r.stderr

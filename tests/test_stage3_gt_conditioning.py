@@ -87,6 +87,30 @@ def test_follow_target_poses_inverts_the_pose_targets():
         follow_target_poses(torch.zeros(3, 2, 9), c2w)
 
 
+def test_follow_target_poses_are_the_turned_camera_and_what_stage_3_is_fed():
+    from flare_nb.cameras import normalize_translation, relative_to_view0
+    from flare_nb.model.camera_centric import camera_embed_input
+    from flare_nb.model.pose_encoding import move_camera, move_camera_in_encoding
+    from flare_nb.train.losses import follow_target_poses
+
+    c2w = _c2w(B=1, V=4, seed=4).double()
+    rel = relative_to_view0(c2w[0])
+    enc = gt_pose_encoding(c2w, torch.zeros(1, 4, 9, dtype=torch.float64))
+    turned = move_camera_in_encoding(enc[0], 2, rot_deg=(0.0, 10.0, 0.0))[None]
+    # a pure turn keeps the translations: the target pose is the true one turned about its own centre
+    assert torch.allclose(follow_target_poses(turned, c2w)[0], move_camera(rel, 2, rot_deg=(0.0, 10.0, 0.0)),
+                          atol=1e-12)
+    # a moved view changes the mean translation norm; the target follows the translations stage 3 is fed
+    moved = turned.clone()
+    moved[0, 3, :3] = moved[0, 3, :3] * 1.3
+    scale = normalize_translation(rel[None])[1]
+    fed = camera_embed_input(moved, eps=0.0).double()[..., 4:7] * scale
+    eps32 = torch.finfo(torch.float32).eps                       # camera_embed_input works in float32
+    assert torch.allclose(follow_target_poses(moved, c2w)[..., :3, 3], fed, atol=16 * eps32 * float(fed.abs().max()))
+    assert torch.allclose(follow_target_poses(moved * torch.tensor([2.0] * 3 + [1.0] * 6, dtype=torch.float64), c2w),
+                          follow_target_poses(moved, c2w), atol=1e-12)     # a common scale of T is invisible
+
+
 def test_follow_target_moves_the_global_target_with_the_given_pose_only():
     from flare_nb.model.pose_encoding import move_camera_in_encoding
     from flare_nb.train.losses import follow_target_poses, geometry_loss
@@ -115,17 +139,19 @@ def test_follow_target_moves_the_global_target_with_the_given_pose_only():
 
 def test_the_hook_keeps_what_it_fed_stage_3_for_the_true_pose_scenes():
     c2w, enc = _c2w(B=16, seed=1), torch.randn(16, 3, 9)
-    cfg = _cfg(prob=1.0, stage3_gt_prob=0.5, stage3_follow_target=True)
-    hook = pose_noise_hook(cfg, 3, list(range(16)), c2w)
-    fed = hook(enc, 3)
-    assert 0 < len(hook.stage3_true) < 16
-    for i in range(16):
-        if i in hook.stage3_true:
-            assert torch.equal(hook.stage3_true[i], fed[i])
-        else:      # predicted pose, perturbed: no entry, the target stays the ground truth
-            assert not torch.allclose(fed[i], gt_pose_encoding(c2w, enc)[i], atol=0.05)
-    hook(enc, 2)
-    assert len(hook.stage3_true) > 0                                 # stage 2 leaves stage 3's record alone
+    slots = list(range(40, 56))                                 # global slots differ from the local indices
+    exact = pose_noise_hook(_cfg(prob=0.0, stage3_gt_prob=0.5, stage3_follow_target=True), 3, slots, c2w)
+    fed = exact(enc, 3)
+    gt = gt_pose_encoding(c2w, enc)
+    took_gt = {i for i in range(16) if torch.equal(fed[i], gt[i])}
+    assert 0 < len(took_gt) < 16 and set(exact.stage3_true) == took_gt           # keyed by local index
+    assert all(torch.equal(exact.stage3_true[i], gt[i]) for i in took_gt)
+    noisy = pose_noise_hook(_cfg(prob=1.0, stage3_gt_prob=0.5, stage3_follow_target=True), 3, slots, c2w)
+    fed = noisy(enc, 3)
+    assert set(noisy.stage3_true) == took_gt                   # the same draw decides, before the noise
+    assert all(torch.equal(noisy.stage3_true[i], fed[i]) and not torch.equal(fed[i], gt[i]) for i in took_gt)
+    noisy(enc, 2)
+    assert set(noisy.stage3_true) == took_gt                   # stage 2 leaves stage 3's record alone
 
 
 def test_follow_target_is_validated():
@@ -133,6 +159,12 @@ def test_follow_target_is_validated():
         _cfg(stage3_follow_target=True).validate()
     with pytest.raises(ValueError, match="stage3_follow_target"):
         _cfg(stage3_gt_prob=0.5, stage3_follow_target="yes").validate()
+    on = {"pose_noise": {"stage3_gt_prob": 0.5, "stage3_follow_target": True}}
+    TrainConfig.from_dict(on).validate()
+    with pytest.raises(ValueError, match="stage3_follow_target.*without pose conditioning"):
+        TrainConfig.from_dict({**on, "model_overrides": {"pose_conditioning": False}}).validate()
+    with pytest.raises(ValueError, match="stage3_follow_target.*stage 2"):
+        TrainConfig.from_dict({**on, "stage": 2, "model": "tiny_nvs"}).validate()
 
 
 def test_follow_target_reaches_the_global_loss_of_a_training_step(tmp_path):
@@ -143,7 +175,7 @@ def test_follow_target_reaches_the_global_loss_of_a_training_step(tmp_path):
         cfg = TrainConfig().replace(**{
             "steps": 1, "batch_size": 2, "data.n_views": 2, "data.size": [64, 64], "data.train_seeds": [0, 2],
             "data.val_seeds": [], "run.out_dir": str(tmp_path / str(follow)), "run.progress": False,
-            "run.val_every": 0, "run.log_every": 1, "run.threads": 1, "pose_noise.prob": 1.0,
+            "run.val_every": 0, "run.log_every": 1, "run.threads": 1, "run.device": "cpu", "pose_noise.prob": 1.0,
             "pose_noise.stage3_gt_prob": 1.0, "pose_noise.stage3_follow_target": follow}).validate()
         train(cfg)
         return [r for r in read_log(tmp_path / str(follow) / "log.jsonl") if r.get("kind") == "train"][0]

@@ -269,6 +269,9 @@ class TrainConfig:
         need(isinstance(n.stage3_follow_target, bool), "pose_noise.stage3_follow_target", "true or false")
         need(not n.stage3_follow_target or n.stage3_gt_prob > 0, "pose_noise.stage3_follow_target",
              "pose_noise.stage3_gt_prob > 0 with it (it changes the target of the scenes fed the true pose)")
+        need(not n.stage3_follow_target or (self.stage == 1 and self.model_overrides.get("pose_conditioning", True)),
+             "pose_noise.stage3_follow_target", "false in stage 2 (the renders keep the true cameras) and "
+             "without pose conditioning (stage 3 never sees the pose)")
         need(n.stage2_deg >= 0 and n.stage3_deg >= 0 and n.trans_std >= 0, "pose_noise.stage2_deg",
              "non-negative noise magnitudes")
         r = self.run

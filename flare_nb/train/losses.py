@@ -39,18 +39,21 @@ def gt_pose_targets(c2w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 def follow_target_poses(pose_enc: torch.Tensor, c2w: torch.Tensor) -> torch.Tensor:
     """The poses ``(B, V, 4, 4)`` relative to view 0, in the units of ``c2w (B, V, 4, 4)``, that the
-    pose encodings ``pose_enc (B, V, 9)`` stand for: ``R`` from the (normalised) quaternion, ``t = T``
-    times the mean translation norm of ``c2w``'s poses relative to view 0 (the scale
-    :func:`gt_pose_targets` divides by). The inverse of :func:`gt_pose_targets` for ``c2w``'s own
-    encoding; for a perturbed one, the poses whose global target moves with the perturbation. Detached.
+    pose encodings ``pose_enc (B, V, 9)`` stand for *as stage 3 sees them*: ``R`` from the (normalised)
+    quaternion; ``t`` = the translations over their mean norm across the views (what
+    :func:`flare_nb.model.camera_centric.camera_embed_input` feeds the network) times the mean
+    translation norm of ``c2w``'s poses relative to view 0 (the scale :func:`gt_pose_targets`
+    divides by). The inverse of :func:`gt_pose_targets` for ``c2w``'s own encoding; for a perturbed
+    one, the poses whose global target moves with the perturbation. Detached.
     """
     if pose_enc.shape[:-1] != c2w.shape[:-2] or pose_enc.shape[-1] < 7:
         raise ValueError(f"pose encodings {tuple(pose_enc.shape)} do not match poses {tuple(c2w.shape)}")
     scale = torch.stack([normalize_translation(relative_to_view0(p))[1] for p in c2w.detach()])   # (B,)
     e = pose_enc.detach().to(c2w.dtype)
+    T = e[..., :3] / e[..., :3].norm(dim=-1).mean(dim=-1).view(-1, 1, 1)
     rel = torch.zeros_like(c2w)
     rel[..., :3, :3] = quat_to_matrix(e[..., 3:7])
-    rel[..., :3, 3] = e[..., :3] * scale.view(-1, 1, 1)
+    rel[..., :3, 3] = T * scale.view(-1, 1, 1)
     rel[..., 3, 3] = 1.0
     return rel
 
