@@ -61,8 +61,8 @@ DESCRIPTIONS = {
     "direct_global": "loss.w_cam = 0: no camera-centric supervision, global pointmaps only",
     "no_pose_noise": "pose_noise.prob = 0: no perturbation of the poses fed to stages 2-3",
 }
-#: the training levers of the shipped recipe, each switched off in turn, and one not in it switched on (``scripts/run_ablations.py
-#: --variants ...``; not part of the notebook's live loop over :data:`VARIANTS`)
+#: the training levers of the shipped recipe, each switched off in turn, and one not in it switched on
+#: (``scripts/run_ablations.py --variants ...``; not part of the notebook's live loop over :data:`VARIANTS`)
 LEVERS: dict[str, dict] = {
     "no_match_loss": {"loss.match_weight": 0.0},
     "no_sign_invariant": {"loss.pose_sign_invariant": False},
